@@ -1,0 +1,26 @@
+#!/bin/bash
+# Image build step shared by the real and the test-double controller images: records
+# the version details the server reads, installs the Keyboards environment and (for
+# the real image) the KLL layout cache, so builds need no network.
+set -euxo pipefail
+tag="$1" kll_cache="$2" keyboards_extra="${3:-}"
+
+cd /controller
+printf '{"tag": "%s", "hash": "%s", "commit": %s, "date": "%s"}\n' \
+	"$tag" "$(git rev-parse "$tag")" "$(git rev-list --count "$tag")" \
+	"$(git log -1 --pretty=%ai "$tag")" > /controller/kiisrv-version.json
+cat /controller/kiisrv-version.json
+
+cd /controller/Keyboards
+pipenv install
+if [ -n "$keyboards_extra" ]; then
+	# shellcheck disable=SC2086
+	pipenv run pip install --no-cache-dir $keyboards_extra
+fi
+
+mkdir -p /kll_cache
+if [ "$kll_cache" = "refresh" ]; then
+	pipenv run python3 -m kll --layout-cache-refresh
+	mv /tmp/*hid-io-layouts* /kll_cache/
+fi
+chmod -R a+rX /controller /kll_cache

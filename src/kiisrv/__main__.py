@@ -1,0 +1,3 @@
+from kiisrv.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The HTTP API (shared/spec/API.md), unchanged for deployed Configurators.
+
+Errors are raised as kiisrv types everywhere below; this module is the one place that
+turns them, and the framework's own errors, into ``{"error": ...}`` JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kiisrv import __version__, stats
+from kiisrv.artifacts import artifact_path
+from kiisrv.builder import Client
+from kiisrv.core import Kiisrv
+from kiisrv.errors import BuildFailed, InvalidLayout, KiisrvError, NotFound, PayloadTooLarge
+from kiisrv.layout import request_schema
+from kiisrv.settings import Settings
+
+_HASH_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuses bodies over the limit before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(f"the request body is larger than {self.limit} bytes")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await error_response(413, too_large.message)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise too_large
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    server = Kiisrv(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = FastAPI(title="kiisrv", version=__version__, lifespan=lifespan)
+    app.state.kiisrv = server
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(KiisrvError)
+    async def on_kiisrv_error(request: Request, exc: KiisrvError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]
+        )
+        return error_response(400, f"invalid request: {problems}")
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"internal server error: {type(exc).__name__}")
+
+    build_doc: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/BuildRequest"}}
+            },
+        },
+    }
+
+    async def build(request: Request) -> JSONResponse:
+        """Build firmware for a layout; blocks until the zip is ready."""
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidLayout(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidLayout('the body must be a JSON object {"config": ..., "env": ...}')
+        client = Client(
+            ip=request.client.host if request.client else "",
+            user_agent=request.headers.get("user-agent", ""),
+        )
+        outcome = await server.builder.build(body, client)
+        if not outcome.success:
+            raise BuildFailed(
+                outcome.job.error or "the build failed",
+                success=False,
+                filename=outcome.filename,
+            )
+        return JSONResponse({"filename": outcome.filename, "success": True})
+
+    for path in ("/", "/download.php"):
+        app.add_api_route(
+            path, build, methods=["POST"], openapi_extra=build_doc, name=f"build {path}"
+        )
+
+    @app.get("/tmp/{name}", response_class=FileResponse)
+    async def artifact(name: str) -> FileResponse:
+        """A build's zip (or ``_error.zip``), as named in a build answer."""
+        return FileResponse(artifact_path(settings.builds_dir, name), media_type="application/zip")
+
+    @app.get("/versions")
+    async def versions() -> dict[str, Any]:
+        """Versions whose controller image is present, with their release details."""
+        available = await server.catalog.available()
+        return {name: a.info.as_json() if a.info else None for name, a in available.items()}
+
+    @app.get("/layouts/{name}")
+    async def layout(name: str, rev: str | None = None) -> Response:
+        """A keyboard's layout JSON; aliases resolve to their target."""
+        content = await anyio.to_thread.run_sync(server.layouts.read, name, rev)
+        return Response(content, media_type="application/json")
+
+    @app.get("/stats", response_class=PlainTextResponse)
+    async def statistics() -> str:
+        """Request statistics as plain text, as the reference server printed them."""
+        return stats.render(server.storage)
+
+    @app.get("/builds/{hash_}")
+    async def build_status(hash_: str) -> dict[str, object]:
+        """The state of one build (queued, running, succeeded, failed)."""
+        job = server.builder.status(hash_) if _HASH_RE.match(hash_) else None
+        if job is None:
+            raise NotFound(f"no build {hash_!r}")
+        return job.as_json()
+
+    @app.get("/healthz")
+    async def health() -> dict[str, object]:
+        """Liveness for container health checks; says whether the engine answers."""
+        engine = await anyio.to_thread.run_sync(server.engine.ping)
+        return {"status": "ok", "engine": engine}
+
+    # The reference server took a build POST on any path; other methods get a 404 there.
+    async def anything_else(request: Request) -> JSONResponse:
+        if request.method == "POST":
+            return await build(request)
+        raise NotFound(f"no route {request.method} {request.url.path}")
+
+    app.add_api_route(
+        "/{path:path}", anything_else, methods=["GET", "POST"], include_in_schema=False
+    )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            defs = request_schema()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(defs.pop("$defs", {}))
+            components["BuildRequest"] = defs
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

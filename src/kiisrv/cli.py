@@ -1,0 +1,73 @@
+"""Command line: parses options, builds Settings, starts things. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from kiisrv import __version__, kll
+from kiisrv.errors import KiisrvError
+from kiisrv.layout import parse_layout
+from kiisrv.layouts import LayoutStore
+from kiisrv.settings import Settings
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from kiisrv.app import create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings.from_env(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def _kll(args: argparse.Namespace, settings: Settings) -> int:
+    store = LayoutStore(args.layouts_dir or settings.layouts_dir)
+    layout = parse_layout(json.loads(Path(args.layout).read_bytes()))
+    lts = args.channel == "lts"
+    base = store.load_base(kll.base_file_name(layout, lts))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in kll.generate(layout, base, lts):
+        (out / f.name).write_text(f.content, encoding="utf-8")
+        print(out / f.name)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiisrv", description="Input Club firmware build server")
+    p.add_argument("--version", action="version", version=f"kiisrv {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server (settings: KIISRV_* variables)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=_serve)
+
+    gen = sub.add_parser("kll", help="write the .kll files of one layout, without a build")
+    gen.add_argument("layout", help="layout JSON file, as the Configurator sends it")
+    gen.add_argument("--channel", choices=["latest", "lts"], default="latest")
+    gen.add_argument("-o", "--output", required=True, help="folder for the .kll files")
+    gen.add_argument(
+        "--layouts-dir", type=Path, default=None, help="base layouts (default: KIISRV_LAYOUTS_DIR)"
+    )
+    gen.set_defaults(func=_kll)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args, Settings.from_env()))
+    except KiisrvError as exc:
+        print(f"kiisrv: {exc.message}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"kiisrv: {exc}", file=sys.stderr)
+        return 2

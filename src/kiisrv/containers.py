@@ -1,0 +1,93 @@
+"""What one build container looks like: image, command, env, mounts, limits, labels.
+
+Pure functions, tested without Docker. The mounts are the delicate part: when the
+server itself runs in a container, the build container is its sibling and bind mounts
+must name the *host's* paths (``HOST_TMP_CONFIG``/``HOST_TMP_BUILDS``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from kiisrv.settings import Settings
+
+IN_DIR = "/mnt/config"
+OUT_DIR = "/mnt/builds"
+CCACHE_DIR = "/mnt/ccache"
+WORK_SUBDIR = ".work"
+
+LABEL_MANAGED = "io.kiisrv.managed"
+LABEL_INSTANCE = "io.kiisrv.instance"
+LABEL_HASH = "io.kiisrv.hash"
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    source: str
+    target: str
+    read_only: bool
+    type: str = "bind"  # or "volume"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    image: str
+    command: list[str]
+    environment: dict[str, str]
+    mounts: list[MountSpec]
+    labels: dict[str, str]
+    mem_limit: str
+    nano_cpus: int
+    pids_limit: int
+    tmpfs: dict[str, str] = field(default_factory=lambda: {"/tmp": "exec,size=1g"})
+    network_disabled: bool = True
+
+
+def _host_path(local: Path, host: Path | None) -> PurePosixPath:
+    return PurePosixPath(host if host is not None else local.absolute())
+
+
+def build_mounts(settings: Settings, job_dir: str) -> list[MountSpec]:
+    """The KLL folder read-only, a private output folder, and the shared ccache."""
+    config = _host_path(settings.config_dir, settings.host_tmp_config)
+    builds = _host_path(settings.builds_dir, settings.host_tmp_builds)
+    return [
+        MountSpec(str(config / job_dir), f"{IN_DIR}/{job_dir}", read_only=True),
+        MountSpec(str(builds / WORK_SUBDIR / job_dir), OUT_DIR, read_only=False),
+        MountSpec(settings.ccache_volume, CCACHE_DIR, read_only=False, type="volume"),
+    ]
+
+
+def build_container_spec(
+    settings: Settings,
+    *,
+    image: str,
+    job_hash: str,
+    script: str,
+    zip_name: str,
+    environment: dict[str, str],
+    suffix: str,
+) -> ContainerSpec:
+    env = {
+        **environment,
+        "CCACHE_DIR": CCACHE_DIR,
+        "IN_DIR": IN_DIR,
+        "OUT_DIR": OUT_DIR,
+    }
+    return ContainerSpec(
+        name=f"{settings.instance}-build-{job_hash[:16]}-{suffix}",
+        image=image,
+        command=[script, job_hash, zip_name],
+        environment=env,
+        mounts=build_mounts(settings, job_hash),
+        labels={
+            LABEL_MANAGED: "1",
+            LABEL_INSTANCE: settings.instance,
+            LABEL_HASH: job_hash,
+        },
+        mem_limit=settings.build_memory,
+        nano_cpus=int(settings.build_cpus * 1e9),
+        pids_limit=settings.build_pids,
+    )

@@ -1,0 +1,205 @@
+"""The Docker Engine, through one door.
+
+Every API call goes through ``Engine._call``, which owns the client (created lazily,
+so the server starts while the daemon is down, and recreated after it comes back),
+the timeout, the log line and the translation of docker/requests exceptions into
+kiisrv's own (``errors.py``). Cleanup calls treat 404 and 409 as already done.
+The methods are blocking; the builder runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import docker.errors
+import requests.exceptions
+import urllib3.exceptions
+from docker.types import Mount
+
+import docker
+from docker import DockerClient
+from kiisrv.containers import LABEL_INSTANCE, ContainerSpec
+from kiisrv.errors import (
+    EngineConflict,
+    EngineError,
+    EngineNotFound,
+    EngineTimeout,
+    EngineUnavailable,
+)
+
+log = logging.getLogger("kiisrv.engine")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: tuple[str, ...]
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """requests raises ReadTimeout over TCP, but a wrapped urllib3 error over a unix socket."""
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
+    return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
+
+
+class Engine:
+    def __init__(self, base_url: str, timeout: float) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self._client: DockerClient | None = None
+        self._lock = threading.Lock()
+
+    def _get_client(self) -> DockerClient:
+        with self._lock:
+            if self._client is None:
+                self._client = DockerClient(
+                    base_url=self.base_url,
+                    version="auto",
+                    timeout=int(self.timeout),
+                    max_pool_size=32,
+                )
+            return self._client
+
+    def _drop_client(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _call(self, what: str, fn: Callable[[DockerClient], T]) -> T:
+        start = time.monotonic()
+        try:
+            result = fn(self._get_client())
+        except docker.errors.NotFound as exc:
+            raise EngineNotFound(f"{what}: {exc.explanation}") from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise EngineConflict(f"{what}: {exc.explanation}") from exc
+            log.warning("engine %s failed: %s", what, exc)
+            raise EngineError(f"Docker engine error during {what}: {exc.explanation}") from exc
+        except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+            if _is_read_timeout(exc):
+                raise EngineTimeout(f"{what}: no answer in time") from exc
+            self._drop_client()
+            log.warning("engine unreachable during %s: %s", what, exc)
+            raise EngineUnavailable(
+                f"the Docker engine at {self.base_url} cannot be reached ({what})"
+            ) from exc
+        log.debug("engine %s took %.3fs", what, time.monotonic() - start)
+        return result
+
+    # -- queries ---------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._call("ping", lambda c: c.ping()))
+        except (EngineError, EngineUnavailable):
+            return False
+
+    def images(self) -> dict[str, ImageInfo]:
+        """Every local image by each of its ``repo:tag`` names."""
+
+        def fetch(c: DockerClient) -> dict[str, ImageInfo]:
+            found: dict[str, ImageInfo] = {}
+            for raw in c.api.images():
+                tags = tuple(t for t in raw.get("RepoTags") or () if t != "<none>:<none>")
+                info = ImageInfo(raw["Id"], tags)
+                for tag in tags:
+                    found[tag] = info
+            return found
+
+        return self._call("list images", fetch)
+
+    def read_file(self, image: str, path: str) -> bytes | None:
+        """A file out of an image, without running it (create, copy out, remove)."""
+
+        def fetch(c: DockerClient) -> bytes | None:
+            cid = c.api.create_container(image, command=["true"], network_disabled=True)["Id"]
+            try:
+                stream, _ = c.api.get_archive(cid, path)
+                data = b"".join(stream)
+            except docker.errors.NotFound:
+                return None
+            finally:
+                c.api.remove_container(cid, force=True)
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                member = tar.next()
+                extracted = tar.extractfile(member) if member else None
+                return extracted.read() if extracted else None
+
+        return self._call(f"read {path} from {image}", fetch)
+
+    def containers(self, instance: str) -> list[str]:
+        """Ids of this server's build containers, running or not."""
+        return self._call(
+            "list build containers",
+            lambda c: [
+                x["Id"]
+                for x in c.api.containers(
+                    all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+                )
+            ],
+        )
+
+    # -- one build -------------------------------------------------------------------
+
+    def start(self, spec: ContainerSpec) -> str:
+        def run(c: DockerClient) -> str:
+            host_config = c.api.create_host_config(
+                mounts=[
+                    Mount(m.target, m.source, type=m.type, read_only=m.read_only)  # type: ignore[arg-type]
+                    for m in spec.mounts
+                ],
+                mem_limit=spec.mem_limit,
+                memswap_limit=spec.mem_limit,
+                nano_cpus=spec.nano_cpus,
+                pids_limit=spec.pids_limit,
+                tmpfs=spec.tmpfs,
+                network_mode="none" if spec.network_disabled else None,
+                cap_drop=["ALL"],
+                cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"],
+                security_opt=["no-new-privileges"],
+            )
+            cid: str = c.api.create_container(
+                spec.image,
+                command=spec.command,
+                environment=spec.environment,
+                labels=spec.labels,
+                name=spec.name,
+                host_config=host_config,
+                network_disabled=spec.network_disabled,
+            )["Id"]
+            c.api.start(cid)
+            return cid
+
+        return self._call(f"start {spec.name}", run)
+
+    def wait(self, cid: str, timeout: float) -> int:
+        """The exit status; EngineTimeout when the build outlives ``timeout``."""
+
+        def run(c: DockerClient) -> int:
+            result = c.api.wait(cid, timeout=max(1, int(timeout)))
+            return int(result.get("StatusCode", -1))
+
+        return self._call(f"wait {cid[:12]}", run)
+
+    def logs(self, cid: str) -> bytes:
+        return self._call(f"logs {cid[:12]}", lambda c: c.api.logs(cid, stdout=True, stderr=True))
+
+    def kill(self, cid: str) -> None:
+        with contextlib.suppress(EngineNotFound, EngineConflict):
+            self._call(f"kill {cid[:12]}", lambda c: c.api.kill(cid))
+
+    def remove(self, cid: str) -> None:
+        with contextlib.suppress(EngineNotFound, EngineConflict):
+            self._call(f"remove {cid[:12]}", lambda c: c.api.remove_container(cid, force=True))

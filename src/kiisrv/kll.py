@@ -1,0 +1,218 @@
+"""Layout -> ``.kll`` files, byte for byte as the reference server wrote them.
+
+Pure: the caller reads the base layout and passes it in. The rules are in
+``shared/spec/KLL_GENERATION.md``; the conformance tests hold this module to the
+reference output. Quirks of the reference (the key order of the blocks, the blank
+lines, LTS rewriting of ``ledControl``) are reproduced on purpose, since the
+controller sources of each version were written against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiisrv.errors import InvalidLayout, UnknownKeyboard
+from kiisrv.layout import Layout, MatrixKey
+
+# header.Name lowercased -> the controller's build script.
+BUILD_SCRIPTS: dict[str, str] = {
+    "md1": "infinity.bash",
+    "md1.1": "infinity_led.bash",
+    "infinity": "infinity.bash",
+    "icpad": "icpad.bash",
+    "mdergo1": "ergodox.bash",
+    "ergodox": "ergodox.bash",
+    "whitefox": "whitefox.bash",
+    "ktype": "k-type.bash",
+    "k-type": "k-type.bash",
+    "kira": "kira.bash",
+    "gemini": "geminiduskdawn.bash",
+    "geminidusk": "geminiduskdawn.bash",
+    "geminidawn": "geminiduskdawn.bash",
+    "geminiduskdawn": "geminiduskdawn.bash",
+}
+SPLIT_KEYBOARDS = frozenset({"mdergo1"})
+
+
+@dataclass(frozen=True)
+class KllFile:
+    name: str
+    content: str
+
+    @property
+    def stem(self) -> str:
+        return self.name.removesuffix(".kll")
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    """What the controller container needs besides the files (BUILD_CONTRACT.md)."""
+
+    script: str
+    split: bool
+    default_map: str
+    partial_maps: str
+    layout: str
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "DefaultMapOverride": self.default_map,
+            "PartialMapsExpandedOverride": self.partial_maps,
+            "Layout": self.layout,
+        }
+        if self.split:
+            env["SPLIT_KEYBOARD"] = "1"
+        return env
+
+
+def sanitise(value: str | None) -> str:
+    return (value or "").replace(" ", "_")
+
+
+def board_name(layout: Layout) -> str:
+    return sanitise(layout.header.Name)
+
+
+def base_file_name(layout: Layout, lts: bool) -> str:
+    """The server's own layout file that the user's map is laid over."""
+    name = board_name(layout)
+    suffix = ".lts.json" if lts and name.lower() == "whitefox" else ".json"
+    return f"{name}-{layout.header.Base}{suffix}"
+
+
+def build_script(layout: Layout) -> str:
+    name = board_name(layout)
+    try:
+        return BUILD_SCRIPTS[name.lower()]
+    except KeyError:
+        known = ", ".join(sorted({n for n in BUILD_SCRIPTS}))
+        raise UnknownKeyboard(
+            f"header.Name: no build script for keyboard {name!r} (known: {known})"
+        ) from None
+
+
+def format_key(value: str) -> str:
+    if value.startswith("CONS:"):
+        return f'CONS"{value[5:]}"'
+    if value.startswith("SYS:"):
+        return f'SYS"{value[4:]}"'
+    return f'U"{value}"'
+
+
+def _default_key(base: MatrixKey, where: str) -> str:
+    action = base.layers.get(0)
+    if action is None:
+        raise InvalidLayout(f"base layout key {where} (code {base.code}) has no layer 0")
+    return action.key
+
+
+def _pairs(layout: Layout, base: Layout) -> list[list[tuple[str, str]]]:
+    """(default key, user's key) per layer, layers dense from 0 to the highest used."""
+    layers: list[list[tuple[str, str]]] = []
+    by_code = board_name(layout).lower() == "whitefox"
+    index = {k.code: k for k in reversed(base.matrix)} if by_code else {}
+    for i, key in enumerate(layout.matrix):
+        if by_code:
+            found = index.get(key.code)
+            if found is None:
+                continue  # the reference skips keys the base does not know
+            default = _default_key(found, f"for code {key.code}")
+        else:
+            if i >= len(base.matrix):
+                raise InvalidLayout(
+                    f"matrix: {len(layout.matrix)} keys, but the base layout has "
+                    f"only {len(base.matrix)}"
+                )
+            default = _default_key(base.matrix[i], f"#{i}")
+        for number, action in key.layers.items():
+            while len(layers) <= number:
+                layers.append([])
+            layers[number].append((default, action.key))
+    return layers
+
+
+def _line(left: str, right: str, lts: bool) -> str:
+    key = format_key(left)
+    if not right.startswith("#:"):
+        return f"{key} : {format_key(right)};"
+    action = right[2:]
+    if lts and "ledControl" in right:
+        compact = right.replace(" ", "")
+        if "ledControl(0,15)" in compact:
+            action = "ledControl( 3, 15, 0 )"
+        elif "ledControl(1,15)" in compact:
+            action = "ledControl( 4, 15, 0 )"
+        elif "ledControl(3,0)" in compact:
+            action = "ledControl( 5, 0, 0)"
+        else:
+            return f"#{key} : {right};"
+    elif lts and "animation_control" in right:
+        return f"#{key} : {right};"
+    return f"{key} : {action};"
+
+
+def _header_block(layout: Layout) -> str:
+    h = layout.header
+    items = [
+        ("Name", h.Name),
+        ("Variant", sanitise(h.Variant)),
+        ("Layout", h.Layout),
+        ("Base", h.Base),
+        ("Version", h.Version),
+        ("Author", h.Author),
+        ("KLL", h.KLL),
+        ("Date", h.Date),
+        ("Generator", h.Generator),
+    ]
+    return "\n".join(f'{k} = "{v}";' for k, v in items)
+
+
+def _animations_block(layout: Layout, lts: bool) -> str:
+    if lts or not layout.animations:
+        return ""
+    entries = []
+    for name, anim in layout.animations.items():
+        text = f"A[{name}] <= {anim.settings};\n"
+        i = 1
+        for frame in anim.frames:
+            if frame.startswith("#"):
+                text += f"{frame}\n"
+            else:
+                text += f"A[{name}, {i}] <= {frame};\n"
+                i += 1
+        entries.append(text if i > 1 else f"### {name} is empty, skipping")
+    return "\n".join(entries)
+
+
+def generate(layout: Layout, base: Layout, lts: bool) -> list[KllFile]:
+    """One file per layer, named ``<name>-<Layout>-<n>.kll``."""
+    name = board_name(layout)
+    if not name or not layout.header.Layout:
+        return []
+    header = _header_block(layout)
+    defines = "\n".join(f'{d.name} = "{d.value}";' for d in layout.defines or [])
+    animations = _animations_block(layout, lts)
+    custom = layout.custom or {}
+    files = []
+    for n, pairs in enumerate(_pairs(layout, base)):
+        lines = "\n".join(_line(left, right, lts) for left, right in pairs)
+        extra = f"\n\n{custom[n]}" if n in custom else ""
+        if n == 0:
+            text = f"{header}\n\n{defines}\n\n{lines}\n\n{extra}\n\n{animations}\n\n"
+        else:
+            text = f"{header}\n\n{lines}\n\n{extra}\n\n"
+        files.append(KllFile(f"{name}-{layout.header.Layout}-{n}.kll", text))
+    return files
+
+
+def build_params(layout: Layout, files: list[KllFile]) -> BuildParams:
+    name = board_name(layout).lower()
+    extra_map = "infinity_ergodox/lcdFuncMap" if name == "mdergo1" else "stdFuncMap"
+    stems = [f.stem for f in files]
+    return BuildParams(
+        script=build_script(layout),
+        split=name in SPLIT_KEYBOARDS,
+        default_map=" ".join([extra_map, *stems[:1]]),
+        partial_maps=";".join(stems[1:]),
+        layout=sanitise(layout.header.Variant),
+    )

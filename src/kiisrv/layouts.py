@@ -1,0 +1,93 @@
+"""The layouts folder: the files ``GET /layouts`` serves and the bases KLL is laid over.
+
+A name from a client is only ever used after it has been checked against a strict
+pattern and resolved inside the folder, symlinks included, so no request reads
+outside it. Aliases come from ``ALIASES.txt`` (``alias -> target``) or from symlinks,
+as in the upstream repository.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+from kiisrv.errors import InvalidLayout, NotFound
+from kiisrv.layout import Layout, parse_layout
+
+_FILE_RE = re.compile(r"^[A-Za-z0-9_.\- ]{1,128}\.json$")
+_REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/~^-]{0,99}$")
+
+
+class LayoutStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _aliases(self) -> dict[str, str]:
+        path = self.root / "ALIASES.txt"
+        if not path.is_file():
+            return {}
+        aliases = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            alias, sep, target = line.partition("->")
+            if sep:
+                aliases[alias.strip()] = target.strip()
+        return aliases
+
+    def resolve(self, name: str) -> Path:
+        """The file behind ``name``, guaranteed inside the folder, or NotFound."""
+        if not _FILE_RE.match(name) or name.startswith("."):
+            raise NotFound(f"no layout named {name!r}")
+        name = self._aliases().get(name, name)
+        root = self.root.resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise NotFound(f"no layout named {name!r}")
+        return path
+
+    def read(self, name: str, rev: str | None = None) -> bytes:
+        path = self.resolve(name)
+        if rev is None:
+            return path.read_bytes()
+        return self._read_rev(path, rev)
+
+    def _read_rev(self, path: Path, rev: str) -> bytes:
+        if not _REV_RE.match(rev):
+            raise NotFound(f"no revision {rev!r}")
+        top = _git(self.root, "rev-parse", "--show-toplevel")
+        if top is None:
+            if rev == "HEAD":
+                return path.read_bytes()
+            raise NotFound(f"revision {rev!r}: the layouts folder is not a git checkout")
+        rel = path.relative_to(Path(top.decode().strip()).resolve())
+        content = _git(self.root, "show", f"{rev}:{rel.as_posix()}")
+        if content is None:
+            raise NotFound(f"no layout {path.name!r} at revision {rev!r}")
+        return content
+
+    def load_base(self, name: str) -> Layout:
+        try:
+            path = self.resolve(name)
+        except NotFound:
+            raise InvalidLayout(
+                f"header.Base: the server has no base layout {name!r} for this keyboard"
+            ) from None
+        stat = path.stat()
+        return _parse_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=128)
+def _parse_cached(path: Path, mtime_ns: int, size: int) -> Layout:
+    return parse_layout(json.loads(path.read_bytes()), f" in base file {path.name}")
+
+
+def _git(cwd: Path, *args: str) -> bytes | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(cwd), *args], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None

@@ -1,0 +1,205 @@
+"""SQLite storage: ``config.db`` (Versions) and ``stats.db`` (Requests, Builds).
+
+The Requests table keeps the reference schema so existing statistics carry over.
+Builds is new: one row per distinct build, so that a build accepted before a restart
+can still be reported (as failed, with the reason) after it. Every write goes through
+this object's lock on one connection per file, in WAL mode.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kiisrv.jobs import Job, JobState
+from kiisrv.versions import Version
+
+_CONFIG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS Versions (
+    name      TEXT PRIMARY KEY,
+    channel   TEXT,
+    container TEXT,
+    git_tag   TEXT
+);
+"""
+
+_STATS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS Requests (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid            INTEGER,
+    ip_addr        TEXT NOT NULL,
+    os             TEXT NOT NULL,
+    web            INTEGER NOT NULL,
+    serial         INTEGER,
+    hash           TEXT NOT NULL,
+    board          TEXT NOT NULL,
+    variant        TEXT NOT NULL,
+    layers         INTEGER NOT NULL,
+    container      TEXT NOT NULL,
+    success        INTEGER NOT NULL,
+    request_time   INTEGER NOT NULL,
+    build_duration INTEGER
+);
+CREATE TABLE IF NOT EXISTS Builds (
+    hash        TEXT PRIMARY KEY,
+    stem        TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    container   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    error       TEXT,
+    created_at  TEXT NOT NULL,
+    started_at  TEXT,
+    finished_at TEXT,
+    duration_ms INTEGER
+);
+"""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    ip_addr: str
+    os: str
+    web: bool
+    hash: str
+    board: str
+    variant: str
+    layers: int
+    container: str
+    success: bool
+    request_time: datetime
+    build_duration: int | None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _connect(path: Path, script: str) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(script)
+    return conn
+
+
+class Storage:
+    def __init__(self, stats_db: Path, config_db: Path) -> None:
+        self._lock = threading.Lock()
+        self._stats = _connect(stats_db, _STATS_SCHEMA)
+        self._config = _connect(config_db, _CONFIG_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stats.close()
+            self._config.close()
+
+    # -- versions ----------------------------------------------------------------
+
+    def seed_versions(self, versions: Iterable[Version]) -> None:
+        """Insert the default rows that are missing; rows an operator edited stay."""
+        with self._lock:
+            self._config.executemany(
+                "INSERT OR IGNORE INTO Versions VALUES (?, ?, ?, ?)",
+                [(v.name, v.channel, v.container, v.git_tag) for v in versions],
+            )
+
+    def versions(self) -> list[Version]:
+        with self._lock:
+            rows = self._config.execute(
+                "SELECT name, channel, container, git_tag FROM Versions ORDER BY rowid"
+            ).fetchall()
+        return [Version(*row) for row in rows]
+
+    # -- requests ------------------------------------------------------------------
+
+    def record_request(self, r: RequestRecord) -> None:
+        with self._lock:
+            self._stats.execute(
+                "INSERT INTO Requests (ip_addr, os, web, hash, board, variant, layers,"
+                " container, success, request_time, build_duration)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    r.ip_addr,
+                    r.os,
+                    int(r.web),
+                    r.hash,
+                    r.board,
+                    r.variant,
+                    r.layers,
+                    r.container,
+                    int(r.success),
+                    r.request_time.isoformat(),
+                    r.build_duration,
+                ),
+            )
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._stats.execute(sql, args).fetchall()
+
+    # -- builds --------------------------------------------------------------------
+
+    def save_job(self, job: Job) -> None:
+        with self._lock:
+            self._stats.execute(
+                "INSERT OR REPLACE INTO Builds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.hash,
+                    job.stem,
+                    job.version,
+                    job.container,
+                    job.state.value,
+                    job.error,
+                    _iso(job.created_at),
+                    _iso(job.started_at),
+                    _iso(job.finished_at),
+                    job.duration_ms,
+                ),
+            )
+
+    def load_job(self, hash_: str) -> Job | None:
+        with self._lock:
+            row = self._stats.execute("SELECT * FROM Builds WHERE hash = ?", (hash_,)).fetchone()
+        if row is None:
+            return None
+        return Job(
+            hash=row[0],
+            stem=row[1],
+            version=row[2],
+            container=row[3],
+            state=JobState(row[4]),
+            error=row[5],
+            created_at=_dt(row[6]) or now(),
+            started_at=_dt(row[7]),
+            finished_at=_dt(row[8]),
+            duration_ms=row[9],
+        )
+
+    def fail_unfinished(self, reason: str) -> int:
+        """Builds a previous run accepted but never finished: record why, once."""
+        with self._lock:
+            cur = self._stats.execute(
+                "UPDATE Builds SET state = ?, error = ?, finished_at = ? WHERE state IN (?, ?)",
+                (
+                    JobState.FAILED.value,
+                    reason,
+                    now().isoformat(),
+                    JobState.QUEUED.value,
+                    JobState.RUNNING.value,
+                ),
+            )
+            return cur.rowcount
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kiisrv.app import create_app
+from kiisrv.settings import Settings
+from tests.helpers import FIXTURE_LAYOUTS
+
+TEST_PREFIX = "kiisrvtest-"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """A server with its own data folder, the test layouts and no reachable engine."""
+    layouts = tmp_path / "layouts"  # a plain folder, whatever the repo's git state
+    shutil.copytree(FIXTURE_LAYOUTS, layouts)
+    return Settings(
+        data_dir=tmp_path / "data",
+        layouts_dir=layouts,
+        docker_url="unix:///nonexistent/docker.sock",
+        instance=f"{TEST_PREFIX}{secrets.token_hex(4)}",
+        image_prefix="kiisrv-testdouble-",
+        max_builds=2,
+        engine_timeout=10,
+    )
+
+
+async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://kiisrv.test", timeout=120
+        ) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in _client(settings):
+        yield c

@@ -1,0 +1,251 @@
+"""Builds in real containers from the test controller image, through the real app."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import sqlite3
+import time
+import zipfile
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+
+from docker import DockerClient
+from kiisrv.containers import LABEL_INSTANCE
+from kiisrv.jobs import Job, JobState
+from kiisrv.settings import Settings
+from kiisrv.storage import Storage
+from tests.conftest import _client
+from tests.docker.conftest import Events
+from tests.helpers import CLIENT_FILENAME_RE, ktype, mdergo1, request
+
+pytestmark = pytest.mark.anyio
+
+
+async def download(client: httpx.AsyncClient, filename: str) -> zipfile.ZipFile:
+    m = re.match(CLIENT_FILENAME_RE, filename)
+    assert m, f"{filename} does not match the Configurator's pattern"
+    r = await client.get(f"/tmp/{filename.rsplit('/', 1)[1]}")
+    assert r.status_code == 200, r.text
+    return zipfile.ZipFile(io.BytesIO(r.content))
+
+
+def requests_rows(settings: Settings) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(settings.stats_db) as db:
+        return db.execute(
+            "SELECT ip_addr, os, web, board, variant, layers, container, success, build_duration"
+            " FROM Requests ORDER BY id"
+        ).fetchall()
+
+
+async def test_a_build_end_to_end(
+    dclient: httpx.AsyncClient, docker_settings: Settings, build_containers: Events
+) -> None:
+    config = ktype()
+    config["macros"] = {"0": [{"name": "kept"}]}  # unknown to the model: must survive
+    config["matrix"][0]["board"] = "left"
+    r = await dclient.post(
+        "/download.php",
+        json=request(config),
+        headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Electron/9 Kiibohd Configurator"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["success"] is True
+    assert body["filename"].startswith("./tmp/KType-Mine-") and body["filename"].endswith(".zip")
+    z = await download(dclient, body["filename"])
+    names = set(z.namelist())
+    assert {
+        "kiibohd.dfu.bin",
+        "KType-Mine-0.kll",
+        "KType-Mine-1.kll",
+        "kll.json",
+        "kll/KType-Mine-0.kll",
+        "log/build.log",
+        "log/generatedKeymap.h",
+        "log/kll_defs.h",
+        "KType-Mine.json",
+    } <= names
+    assert z.read("kiibohd.dfu.bin").startswith(b"KIISRV TEST DOUBLE FIRMWARE")
+    assert json.loads(z.read("KType-Mine.json")) == config
+    assert b"maps KType-Mine-0 KType-Mine-1 with Layout='test'" in z.read("log/build.log")
+    assert z.read("KType-Mine-0.kll").startswith(b'Name = "KType";')
+    assert len(build_containers.created()) == 1
+    assert build_containers.running() == []  # removed after the build
+    rows = requests_rows(docker_settings)
+    assert rows[0][:8] == ("203.0.113.7", "Linux", 0, "KType", "Mine", 2, "controller-057", 1)
+    assert rows[0][8] is not None
+    hash_ = re.match(CLIENT_FILENAME_RE, body["filename"]).group(3)  # type: ignore[union-attr]
+    status = (await dclient.get(f"/builds/{hash_}")).json()
+    assert status["state"] == "succeeded" and status["filename"] == body["filename"]
+
+    # Same layout, other key order and whitespace: the finished build is reused.
+    reordered = json.dumps(
+        {"env": "latest", "config": dict(reversed(list(config.items())))}, indent=3
+    )
+    again = await dclient.post("/", content=reordered, headers={"Content-Type": "application/json"})
+    assert again.json() == body
+    assert len(build_containers.created()) == 1
+    assert requests_rows(docker_settings)[1][8] is None  # a reused result has no duration
+
+
+async def test_a_failed_build_answers_422_with_the_log_and_is_not_cached(
+    dclient: httpx.AsyncClient, build_containers: Events
+) -> None:
+    failing = request(ktype(custom="# KIISRV_TEST_FAIL"))
+    r = await dclient.post("/", json=failing)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["success"] is False
+    assert body["filename"].endswith("_error.zip")
+    assert "exit status 1" in body["error"]
+    assert "failing as asked" in body["error"]
+    z = await download(dclient, body["filename"])
+    assert "kiibohd.dfu.bin" not in z.namelist()
+    assert b"failing as asked" in z.read("log/build.log")
+    assert "KType-Mine-0.kll" in z.namelist()
+    again = await dclient.post("/", json=failing)
+    assert again.status_code == 422
+    assert len(build_containers.created()) == 2  # a failure is tried again
+
+
+async def test_split_board_builds_both_halves(dclient: httpx.AsyncClient) -> None:
+    r = await dclient.post("/", json=request(mdergo1()))
+    assert r.status_code == 200, r.text
+    z = await download(dclient, r.json()["filename"])
+    names = set(z.namelist())
+    assert {
+        "left_kiibohd.dfu.bin",
+        "right_kiibohd.dfu.bin",
+        "left_kll.json",
+        "right_kll.json",
+        "MDErgo1-Split-0.kll",
+        "MDErgo1-Split-1.kll",
+    } <= names
+    log = z.read("log/build.log")
+    assert b"ergodox-l.bash (test double): maps MDErgo1-Split-0 MDErgo1-Split-1" in log
+    assert b"ergodox-r.bash (test double): done" in log
+
+
+async def test_lts_uses_the_lts_image_and_rules(
+    dclient: httpx.AsyncClient, build_containers: Events
+) -> None:
+    config = ktype()
+    config["matrix"][0]["layers"]["1"] = {"key": "#:ledControl( 0, 15 )"}
+    config["animations"] = {"a": {"settings": "loop", "frames": ["P[1](1,1,1)"]}}
+    lts = await dclient.post("/", json=request(config, env="lts"))
+    latest = await dclient.post("/", json=request(config, env="latest"))
+    assert lts.status_code == latest.status_code == 200
+    assert lts.json()["filename"] != latest.json()["filename"]
+    z = await download(dclient, lts.json()["filename"])
+    assert b'U"ESC" : ledControl( 3, 15, 0 );' in z.read("KType-Mine-1.kll")
+    assert b"A[a]" not in z.read("KType-Mine-0.kll")
+    images = sorted(e["Actor"]["Attributes"]["image"] for e in build_containers.created())
+    assert images == [
+        "kiisrv-testdouble-controller-050:latest",
+        "kiisrv-testdouble-controller-057:latest",
+    ]
+
+
+async def test_unknown_version_is_a_400_naming_what_is_offered(dclient: httpx.AsyncClient) -> None:
+    r = await dclient.post("/", json=request(ktype(), env="v9.9.9"))
+    assert r.status_code == 400
+    assert "v9.9.9" in r.json()["error"] and "latest" in r.json()["error"]
+    versions = (await dclient.get("/versions")).json()
+    assert set(versions) == {"latest", "nightly", "v0.5.7", "lts", "v0.5.0"}
+    assert versions["latest"]["commit"] >= 1
+    assert versions["latest"]["date"] == "2019-08-01 12:00:00 -0700"
+    assert re.fullmatch(r"[0-9a-f]{40}", versions["latest"]["hash"])
+
+
+async def test_concurrent_identical_requests_share_one_container(
+    dclient: httpx.AsyncClient, build_containers: Events
+) -> None:
+    body = request(ktype(custom="# KIISRV_TEST_SLEEP=2"))
+    answers = await asyncio.gather(*(dclient.post("/", json=body) for _ in range(25)))
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json()["filename"] for a in answers}) == 1
+    assert len(build_containers.created()) == 1
+
+
+async def test_timeout_kills_the_build_and_reports_it(
+    docker_settings: Settings, build_containers: Events
+) -> None:
+    async for client in _client(replace(docker_settings, build_timeout=2)):
+        start = time.monotonic()
+        r = await client.post("/", json=request(ktype(custom="# KIISRV_TEST_SLEEP=120")))
+        assert time.monotonic() - start < 60
+        assert r.status_code == 422
+        assert "longer than 2 s" in r.json()["error"]
+        assert "sleeping 120s" in r.json()["error"]
+        z = await download(client, r.json()["filename"])
+        assert b"sleeping 120s" in z.read("log/build.log")
+        assert build_containers.running() == []
+
+
+async def test_queue_limit_answers_503_with_retry_after(
+    docker_settings: Settings, build_containers: Events
+) -> None:
+    async for client in _client(replace(docker_settings, max_builds=1, max_queue=1)):
+        slow = [request(ktype(custom=f"# KIISRV_TEST_SLEEP=3 #{i}")) for i in range(3)]
+        first = asyncio.create_task(client.post("/", json=slow[0]))
+        await asyncio.sleep(0.5)
+        second = asyncio.create_task(client.post("/", json=slow[1]))
+        await asyncio.sleep(0.5)
+        third = await client.post("/", json=slow[2])
+        assert third.status_code == 503
+        assert third.headers["retry-after"] == "60"
+        assert "waiting" in third.json()["error"]
+        assert (await first).status_code == 200
+        assert (await second).status_code == 200
+
+
+async def test_status_while_running(dclient: httpx.AsyncClient) -> None:
+    body = request(ktype(custom="# KIISRV_TEST_SLEEP=3"))
+    task = asyncio.create_task(dclient.post("/", json=body))
+    server = dclient.app.state.kiisrv  # type: ignore[attr-defined]
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if server.builder._jobs:
+            break
+    (hash_,) = list(server.builder._jobs)
+    for _ in range(50):
+        state = (await dclient.get(f"/builds/{hash_}")).json()["state"]
+        if state == "running":
+            break
+        await asyncio.sleep(0.1)
+    assert state == "running"
+    assert (await task).status_code == 200
+    assert (await dclient.get(f"/builds/{hash_}")).json()["state"] == "succeeded"
+
+
+async def test_restart_removes_orphans_and_fails_unfinished_builds(
+    docker_settings: Settings, docker_client: DockerClient, build_containers: Events
+) -> None:
+    orphan = docker_client.containers.create(
+        f"{docker_settings.image_prefix}controller-057:latest",
+        entrypoint=["sleep", "300"],
+        name=f"{docker_settings.instance}-build-orphan",
+        labels={LABEL_INSTANCE: docker_settings.instance},
+    )
+    orphan.start()
+    docker_settings.data_dir.mkdir(parents=True)
+    storage = Storage(docker_settings.stats_db, docker_settings.config_db)
+    storage.save_job(
+        Job("f" * 32, "KType-Mine-" + "f" * 32, "latest", "controller-057", state=JobState.RUNNING)
+    )
+    storage.close()
+    work = docker_settings.builds_dir / ".work" / ("f" * 32)
+    work.mkdir(parents=True)
+    (work / "half-written.zip").write_bytes(b"PK\x03")
+    async for client in _client(docker_settings):
+        assert build_containers.running() == []
+        assert not work.exists()
+        status = (await client.get("/builds/" + "f" * 32)).json()
+        assert status["state"] == "failed"
+        assert "restarted" in status["error"]
