@@ -21,6 +21,8 @@ if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
 	root="$(mktemp -d)"
 	debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/tmp/kiisrv-debootstrap.log 2>&1 \
 		|| { tail -20 /tmp/kiisrv-debootstrap.log; exit 1; }
+	# Like the registry's slim image: no package archives or lists left in the root.
+	rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/*
 	tar -C "$root" -c . | docker import - debian:bookworm-slim >/dev/null
 	rm -rf "$root"
 fi

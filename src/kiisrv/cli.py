@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kiisrv import __version__, kll
+from kiisrv import __version__, kll, layouts
 from kiisrv.errors import KiisrvError
 from kiisrv.layout import parse_layout
 from kiisrv.layouts import LayoutStore
@@ -40,6 +40,13 @@ def _kll(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _layouts_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    into = args.into or settings.layouts_dir
+    count = layouts.fetch(args.source, args.rev, into)
+    print(f"{count} layout files in {into}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiisrv", description="Input Club firmware build server")
     p.add_argument("--version", action="version", version=f"kiisrv {__version__}")
@@ -58,6 +65,20 @@ def parser() -> argparse.ArgumentParser:
         "--layouts-dir", type=Path, default=None, help="base layouts (default: KIISRV_LAYOUTS_DIR)"
     )
     gen.set_defaults(func=_kll)
+
+    lay = sub.add_parser("layouts", help="manage the layouts folder")
+    lay_sub = lay.add_subparsers(dest="layouts_command", required=True)
+    fetch = lay_sub.add_parser("fetch", help="fill the layouts folder from git or a folder")
+    fetch.add_argument(
+        "--source",
+        default=layouts.UPSTREAM_GIT,
+        help="git URL or local folder (default: the upstream kiisrv repository)",
+    )
+    fetch.add_argument("--rev", default=layouts.UPSTREAM_REV, help="git revision (pinned)")
+    fetch.add_argument(
+        "--into", type=Path, default=None, help="destination (default: KIISRV_LAYOUTS_DIR)"
+    )
+    fetch.set_defaults(func=_layouts_fetch)
     return p
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +20,10 @@ from kiisrv.errors import InvalidLayout, NotFound
 from kiisrv.layout import Layout, parse_layout
 
 _FILE_RE = re.compile(r"^[A-Za-z0-9_.\- ]{1,128}\.json$")
+# The upstream kiisrv repository's layouts, pinned: the files the Configurator expects.
+UPSTREAM_GIT = "https://github.com/kiibohd/kiisrv.git"
+UPSTREAM_REV = "d75c1089f35d50d6b294a29a66280c8fa4c7ec71"
+
 _REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/~^-]{0,99}$")
 
 
@@ -91,3 +97,36 @@ def _git(cwd: Path, *args: str) -> bytes | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
+
+
+def fetch(source: str, rev: str, into: Path) -> int:
+    """Fill ``into`` with layout files from a folder or a git repository's ``layouts/``.
+
+    Symlinks (aliases upstream) are kept as symlinks. Returns the number of files.
+    Replaces the folder's content only once the new content is complete.
+    """
+    into = into.absolute()
+    into.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=into.parent, prefix=".layouts-") as tmp:
+        staged = Path(tmp) / "layouts"
+        local = Path(source)
+        if local.is_dir() and any(local.glob("*.json")):
+            shutil.copytree(local, staged, symlinks=True)
+        else:
+            checkout = Path(tmp) / "repo"
+            for args in (
+                ["clone", "-q", "--filter=blob:none", "--no-checkout", source, str(checkout)],
+                ["-C", str(checkout), "sparse-checkout", "set", "layouts"],
+                ["-C", str(checkout), "checkout", "-q", rev],
+            ):
+                done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise OSError(f"git {args[0]} failed: {done.stderr.strip()}")
+            shutil.copytree(checkout / "layouts", staged, symlinks=True)
+        count = sum(1 for p in staged.iterdir() if p.suffix == ".json")
+        if count == 0:
+            raise OSError(f"no layout files in {source}")
+        if into.exists():
+            shutil.rmtree(into)
+        staged.rename(into)
+    return count

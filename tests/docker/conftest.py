@@ -68,7 +68,7 @@ def build_test_image(client: DockerClient, context: Path) -> str:
         REPO / "tests" / "controller-double", context / "tests" / "controller-double", symlinks=True
     )
     if EXTRA_CA:
-        shutil.copy(EXTRA_CA, context / "docker" / "controller" / "extra-ca" / "extra.crt")
+        shutil.copy(EXTRA_CA, context / "docker" / "extra-ca" / "extra.crt")
     image, _ = client.images.build(
         path=str(context),
         dockerfile="docker/controller/Dockerfile",

@@ -1,0 +1,163 @@
+"""The containerised deployment, end to end, as an offline host would run it.
+
+Builds the server image and the test controller image, moves them the way a host
+without GitHub gets them (``docker save | gzip`` / ``docker load``), brings
+``compose.prod.yaml`` up with the test double standing in for the controller, builds
+through the published port, and checks the build ran in a sibling container and that
+``down`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker.errors
+import httpx
+import pytest
+
+from docker import DockerClient
+from kiisrv.containers import LABEL_INSTANCE
+from kiisrv.settings import Settings
+from tests.docker.conftest import EXTRA_CA, TEST_CONTAINERS, TEST_IMAGE_PREFIX, Events
+from tests.docker.test_http import free_port
+from tests.helpers import CONFORMANCE, FIXTURE_LAYOUTS, REPO, ktype, request
+
+
+def compose_command() -> list[str]:
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        try:
+            if subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
+                return cmd
+        except FileNotFoundError:
+            continue
+    pytest.fail("neither `docker compose` nor `docker-compose` is installed")
+
+
+def shell(command: str) -> None:
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True)
+    assert done.returncode == 0, f"{command}: {done.stderr}"
+
+
+def build_server_image(client: DockerClient, context: Path, tag: str) -> None:
+    for name in ("docker", "src"):
+        shutil.copytree(REPO / name, context / name)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, context / name)
+    # The reference layouts when present (as CI has them), and the tests' own.
+    target = context / "docker" / "server" / "layouts"
+    for source in (CONFORMANCE / "layouts", FIXTURE_LAYOUTS):
+        if source.is_dir():
+            for f in source.iterdir():
+                shutil.copy(f, target / f.name)
+    if EXTRA_CA:
+        shutil.copy(EXTRA_CA, context / "docker" / "extra-ca" / "extra.crt")
+    client.images.build(
+        path=str(context), dockerfile="docker/server/Dockerfile", tag=tag, rm=True, forcerm=True
+    )
+
+
+@pytest.fixture
+def deployment(
+    docker_client: DockerClient,
+    controller_image: str,
+    docker_settings: Settings,
+    tmp_path: Path,
+) -> Iterator[tuple[str, dict[str, str], Path]]:
+    server_tag = f"{docker_settings.instance}-server:latest"
+    build_server_image(docker_client, tmp_path / "context", server_tag)
+
+    # Move the images as to an offline host.
+    tags = [server_tag] + [f"{TEST_IMAGE_PREFIX}{c}:latest" for c in TEST_CONTAINERS]
+    archive = tmp_path / "images.tar.gz"
+    shell(f"docker save {' '.join(tags)} | gzip -1 > {archive}")
+    for tag in tags:
+        docker_client.images.remove(tag)
+    shell(f"gunzip -c {archive} | docker load")
+    for tag in tags:
+        docker_client.images.get(tag)
+
+    data_host = tmp_path / "data"
+    env = {
+        **os.environ,
+        "KIISRV_IMAGE": server_tag,
+        "KIISRV_DATA_HOST": str(data_host),
+        "KIISRV_PUBLISH": str(free_port()),
+        "KIISRV_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
+        "KIISRV_INSTANCE": docker_settings.instance,
+        "KIISRV_CCACHE_VOLUME": docker_settings.ccache_volume,
+    }
+    compose = [
+        *compose_command(),
+        "-f",
+        str(REPO / "compose.prod.yaml"),
+        "-p",
+        docker_settings.instance,
+    ]
+    try:
+        yield docker_settings.instance, env, data_host
+    finally:
+        for c in docker_client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={docker_settings.instance}"}
+        ):
+            print(f"--- {c.name} ---\n{c.logs().decode(errors='replace')}")
+        subprocess.run([*compose, "down", "-v"], env=env, capture_output=True)
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.images.remove(server_tag)
+
+
+def test_compose_deployment_from_loaded_images(
+    deployment: tuple[str, dict[str, str], Path],
+    docker_client: DockerClient,
+    build_containers: Events,
+) -> None:
+    project, env, data_host = deployment
+    compose = [*compose_command(), "-f", str(REPO / "compose.prod.yaml"), "-p", project]
+    started = time.monotonic()
+    up = subprocess.run(
+        [*compose, "up", "-d", "--no-build"], env=env, capture_output=True, text=True
+    )
+    assert up.returncode == 0, up.stderr
+    (server,) = docker_client.containers.list(
+        filters={"label": f"com.docker.compose.project={project}"}
+    )  # only the server: controller services are build-only
+    for _ in range(240):
+        server.reload()
+        if server.attrs["State"]["Health"]["Status"] == "healthy":
+            break
+        time.sleep(0.25)
+    assert server.attrs["State"]["Health"]["Status"] == "healthy"
+    print(f"compose up -> healthy: {time.monotonic() - started:.1f} s")
+
+    base = f"http://127.0.0.1:{env['KIISRV_PUBLISH']}"
+    with httpx.Client(base_url=base, timeout=120) as http:
+        assert "latest" in http.get("/versions").json()
+        assert http.get("/layouts/K-Type-TestBase.json").json()["header"]["Name"] == "KType"
+        r = http.post("/download.php", json=request(ktype()))
+        assert r.status_code == 200, r.text
+        name = r.json()["filename"].rsplit("/", 1)[1]
+        z = zipfile.ZipFile(io.BytesIO(http.get(f"/tmp/{name}").content))
+        assert "kiibohd.dfu.bin" in z.namelist()
+
+    # The build ran in a sibling container, with the host's paths mounted.
+    (created,) = build_containers.created()
+    assert created["Actor"]["Attributes"]["image"] == f"{TEST_IMAGE_PREFIX}controller-057:latest"
+    assert created["Actor"]["Attributes"][LABEL_INSTANCE] == project
+    assert (data_host / "builds" / name).is_file()
+    top = server.top(ps_args="-o pid,uid,comm")
+    assert all(row[1] == "1000" for row in top["Processes"]), top
+
+    down = subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={project}"}
+    )
+    assert left == [] and build_containers.running() == []
+    assert env["KIISRV_CCACHE_VOLUME"] not in [v.name for v in docker_client.volumes.list()]
