@@ -18,8 +18,13 @@ if [ -n "$keyboards_extra" ]; then
 	pipenv run pip install --no-cache-dir $keyboards_extra
 fi
 
+# The KLL layout cache: a pre-made one from the build context (docker/controller/kll-cache/,
+# for image builds without GitHub), or downloaded now.
 mkdir -p /kll_cache
-if [ "$kll_cache" = "refresh" ]; then
+rm -f /kll_cache/.gitignore
+if compgen -G "/kll_cache/*hid-io-layouts*" >/dev/null; then
+	echo "using the KLL layout cache from the build context"
+elif [ "$kll_cache" = "refresh" ]; then
 	pipenv run python3 -m kll --layout-cache-refresh
 	mv /tmp/*hid-io-layouts* /kll_cache/
 fi
