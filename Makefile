@@ -18,8 +18,8 @@ serve: $(BIN)/kiisrv
 	$(BIN)/kiisrv serve
 
 lint: $(BIN)/kiisrv
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 test: lint

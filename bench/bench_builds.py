@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import socket
 import sqlite3
@@ -42,12 +43,20 @@ def rss_kib(pid: int) -> int:
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 def fmt(values: list[float]) -> str:
     ms = [v * 1000 for v in values]
-    return f"median {statistics.median(ms):.1f} ms, p90 {pct(ms, 90):.1f} ms, max {max(ms):.1f} ms (n={len(ms)})"
+    med, p90 = statistics.median(ms), pct(ms, 90)
+    return f"median {med:.1f} ms, p90 {p90:.1f} ms, max {max(ms):.1f} ms (n={len(ms)})"
+
+
+async def next_second() -> float:
+    """Start a phase on a fresh second: the events API counts in whole seconds."""
+    start = math.ceil(time.time())
+    await asyncio.sleep(start - time.time() + 0.05)
+    return start
 
 
 def created_containers(client: docker.DockerClient, since: float) -> int:
@@ -122,7 +131,7 @@ async def main(out: Path | None) -> None:
             report(f"- cache hit, request to answer: {fmt(warm)}")
 
             # 3. identical requests arriving together.
-            since = time.time() - 1
+            since = await next_second()
             body = request(ktype(custom="# KIISRV_TEST_SLEEP=1 burst"))
             t = time.perf_counter()
             answers = await asyncio.gather(*(http.post("/", json=body) for _ in range(200)))
@@ -134,7 +143,7 @@ async def main(out: Path | None) -> None:
             )
 
             # 4. distinct requests arriving together (queue + slots).
-            since = time.time() - 1
+            since = await next_second()
             t = time.perf_counter()
             answers = await asyncio.gather(
                 *(http.post("/", json=request(ktype(custom=f"# distinct {i}"))) for i in range(30))

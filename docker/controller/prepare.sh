@@ -6,6 +6,10 @@ set -euxo pipefail
 tag="$1" kll_cache="$2" keyboards_extra="${3:-}"
 
 cd /controller
+# Builds run as an unprivileged uid: let git read this root-owned checkout (the build
+# asks it for the revision), and keep our own files out of the firmware's "tree status".
+git config --system --add safe.directory /controller
+printf 'kiisrv-version.json\nKeyboards/Pipfile.lock\nKeyboards/.venv/\n' >> .git/info/exclude
 printf '{"tag": "%s", "hash": "%s", "commit": %s, "date": "%s"}\n' \
 	"$tag" "$(git rev-parse "$tag")" "$(git rev-list --count "$tag")" \
 	"$(git log -1 --pretty=%ai "$tag")" > /controller/kiisrv-version.json
@@ -29,3 +33,6 @@ elif [ "$kll_cache" = "refresh" ]; then
 	mv /tmp/*hid-io-layouts* /kll_cache/
 fi
 chmod -R a+rX /controller /kll_cache
+# The keyboard scripts write into /controller (ctags' tags, compile_commands.json, the
+# git index): the build uid owns it. Done in the layer that created the files.
+chown -R "${BUILD_UID:-1000}:${BUILD_UID:-1000}" /controller

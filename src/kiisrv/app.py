@@ -24,7 +24,14 @@ from kiisrv import __version__, stats
 from kiisrv.artifacts import artifact_path
 from kiisrv.builder import Client
 from kiisrv.core import Kiisrv
-from kiisrv.errors import BuildFailed, InvalidLayout, KiisrvError, NotFound, PayloadTooLarge
+from kiisrv.errors import (
+    BuildFailed,
+    InvalidLayout,
+    KiisrvError,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 from kiisrv.layout import request_schema
 from kiisrv.settings import Settings
 
@@ -123,6 +130,13 @@ def create_app(settings: Settings) -> FastAPI:
             user_agent=request.headers.get("user-agent", ""),
         )
         outcome = await server.builder.build(body, client)
+        if not outcome.success and outcome.job.retry_later:
+            raise Unavailable(
+                outcome.job.error or "the build could not run",
+                retry_after=30,
+                success=False,
+                filename=outcome.filename,
+            )
         if not outcome.success:
             raise BuildFailed(
                 outcome.job.error or "the build failed",

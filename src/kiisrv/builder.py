@@ -29,7 +29,7 @@ from kiisrv.artifacts import log_tail, publish, write_zip
 from kiisrv.catalog import Available, Catalog
 from kiisrv.containers import WORK_SUBDIR, build_container_spec
 from kiisrv.engine import Engine
-from kiisrv.errors import EngineTimeout, InvalidLayout, KiisrvError, QueueFull
+from kiisrv.errors import EngineTimeout, InvalidLayout, KiisrvError, QueueFull, Unavailable
 from kiisrv.jobs import Job, JobState
 from kiisrv.layout import parse_request
 from kiisrv.layouts import LayoutStore
@@ -166,6 +166,9 @@ class Builder:
 
     # -- requests ----------------------------------------------------------------------
 
+    def in_use(self) -> set[str]:
+        return set(self._jobs)
+
     def status(self, hash_: str) -> Job | None:
         return self._jobs.get(hash_) or self.storage.load_job(hash_)
 
@@ -210,9 +213,12 @@ class Builder:
         job = plan.job
         cached = False
         future = self._inflight.get(job.hash)
-        if future is None and (self.settings.builds_dir / f"{job.stem}.zip").is_file():
+        finished = self.settings.builds_dir / f"{job.stem}.zip"
+        if future is None and finished.is_file():
             cached = True
             job = _succeeded(self.storage.load_job(job.hash) or job)
+            with contextlib.suppress(OSError):
+                finished.touch()  # recently used: kept longest by retention
         else:
             if future is None:
                 future = self._start(plan)
@@ -265,18 +271,28 @@ class Builder:
         except asyncio.CancelledError:
             job.error = "the server shut down before this build finished"
             raise
+        except Unavailable as exc:
+            job.error = exc.message
+            job.retry_later = True
         except KiisrvError as exc:
             job.error = exc.message
         except Exception as exc:  # a bug of ours: report it, never leave waiters hanging
             log.exception("build %s crashed", job.hash)
             job.error = f"internal error: {exc}"
         finally:
-            self._finish(plan, output)
-            self._inflight.pop(job.hash, None)
-            self._jobs.pop(job.hash, None)
-            self._containers.pop(job.hash, None)
-            if not future.done():
-                future.set_result(job)
+            try:
+                self._finish(plan, output)
+            except Exception as exc:  # e.g. the database cannot be written
+                log.exception("could not record build %s", job.hash)
+                job.state = JobState.FAILED
+                job.retry_later = True
+                job.error = job.error or f"could not record the build result: {exc}"
+            finally:
+                self._inflight.pop(job.hash, None)
+                self._jobs.pop(job.hash, None)
+                self._containers.pop(job.hash, None)
+                if not future.done():
+                    future.set_result(job)
 
     def _write_inputs(self, plan: Plan) -> None:
         config = self.settings.config_dir / plan.job.hash
@@ -348,6 +364,7 @@ class Builder:
         except OSError as exc:
             log.error("could not publish build %s: %s", job.hash, exc)
             job.state = JobState.FAILED
+            job.retry_later = True
             job.error = f"could not store the build result: {exc.strerror or exc}"
         finally:
             shutil.rmtree(work, ignore_errors=True)

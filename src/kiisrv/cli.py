@@ -47,6 +47,26 @@ def _layouts_fetch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _prune(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from kiisrv.core import Kiisrv
+
+    overrides = {}
+    if args.max_age_days is not None:
+        overrides["retention_days"] = args.max_age_days
+    if args.max_bytes is not None:
+        overrides["retention_bytes"] = args.max_bytes
+    server = Kiisrv(replace(settings, **overrides))
+    result = server.prune(dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {result.removed} builds ({result.freed_bytes} bytes); "
+        f"kept {result.kept} ({result.kept_bytes} bytes)"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiisrv", description="Input Club firmware build server")
     p.add_argument("--version", action="version", version=f"kiisrv {__version__}")
@@ -65,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
         "--layouts-dir", type=Path, default=None, help="base layouts (default: KIISRV_LAYOUTS_DIR)"
     )
     gen.set_defaults(func=_kll)
+
+    pr = sub.add_parser("prune", help="remove old build outputs now (KIISRV_RETENTION_*)")
+    pr.add_argument("--max-age-days", type=float, default=None)
+    pr.add_argument("--max-bytes", type=int, default=None)
+    pr.add_argument("--dry-run", action="store_true", help="only say what would go")
+    pr.set_defaults(func=_prune)
 
     lay = sub.add_parser("layouts", help="manage the layouts folder")
     lay_sub = lay.add_subparsers(dest="layouts_command", required=True)

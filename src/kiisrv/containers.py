@@ -41,8 +41,10 @@ class ContainerSpec:
     mem_limit: str
     nano_cpus: int
     pids_limit: int
-    tmpfs: dict[str, str] = field(default_factory=lambda: {"/tmp": "exec,size=1g"})
+    user: str | None = None
+    tmpfs: dict[str, str] = field(default_factory=lambda: {"/tmp": "exec,mode=1777,size=1g"})
     network_disabled: bool = True
+    read_only: bool = False
 
 
 def _host_path(local: Path, host: Path | None) -> PurePosixPath:
@@ -72,6 +74,7 @@ def build_container_spec(
 ) -> ContainerSpec:
     env = {
         **environment,
+        "HOME": "/tmp",  # writable whatever the uid and the root filesystem
         "CCACHE_DIR": CCACHE_DIR,
         "IN_DIR": IN_DIR,
         "OUT_DIR": OUT_DIR,
@@ -90,4 +93,6 @@ def build_container_spec(
         mem_limit=settings.build_memory,
         nano_cpus=int(settings.build_cpus * 1e9),
         pids_limit=settings.build_pids,
+        user=settings.build_user or None,
+        read_only=settings.build_read_only,
     )

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import docker
 import docker.errors
 import requests.exceptions
 import urllib3.exceptions
+from docker import DockerClient
 from docker.types import Mount
 
-import docker
-from docker import DockerClient
 from kiisrv.containers import LABEL_INSTANCE, ContainerSpec
 from kiisrv.errors import (
     EngineConflict,
@@ -166,8 +166,10 @@ class Engine:
                 pids_limit=spec.pids_limit,
                 tmpfs=spec.tmpfs,
                 network_mode="none" if spec.network_disabled else None,
+                read_only=spec.read_only,
                 cap_drop=["ALL"],
-                cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"],
+                # Only a build running as root needs to write into the server's folders.
+                cap_add=None if spec.user else ["CHOWN", "DAC_OVERRIDE", "FOWNER"],
                 security_opt=["no-new-privileges"],
             )
             cid: str = c.api.create_container(
@@ -176,6 +178,7 @@ class Engine:
                 environment=spec.environment,
                 labels=spec.labels,
                 name=spec.name,
+                user=spec.user,
                 host_config=host_config,
                 network_disabled=spec.network_disabled,
             )["Id"]

@@ -15,7 +15,8 @@ body by hand.
     ├── BuildFailed             422  the build failed or timed out (names the error zip)
     ├── Unavailable             503  try again later (carries Retry-After)
     │   ├── EngineUnavailable   503  the Docker daemon cannot be reached
-    │   └── QueueFull           503  too many builds waiting
+    │   ├── QueueFull           503  too many builds waiting
+    │   └── StorageError        503  the database cannot be written (disk full, ...)
     └── EngineError             500  the daemon answered with an error
         ├── EngineNotFound      500  no such container/image (cleanup treats it as done)
         ├── EngineConflict      500  already being removed/stopped (likewise)
@@ -92,6 +93,10 @@ class EngineUnavailable(Unavailable):
 
 
 class QueueFull(Unavailable):
+    pass
+
+
+class StorageError(Unavailable):
     pass
 
 

@@ -30,6 +30,9 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_ms: int | None = None
+    # Failed for want of the engine or the disk, not because of the layout: a client
+    # should send the same request again later (503), not fix its layout (422).
+    retry_later: bool = False
 
     @property
     def zip_name(self) -> str:

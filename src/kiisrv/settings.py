@@ -83,9 +83,36 @@ class Settings:
     build_pids: int = field(
         default=512, metadata=_env("KIISRV_BUILD_PIDS", "Process limit of a build container.")
     )
+    build_user: str = field(
+        default="1000:1000",
+        metadata=_env(
+            "KIISRV_BUILD_USER", "uid:gid builds run as (the image's BUILD_UID); empty: root."
+        ),
+    )
+    build_read_only: bool = field(
+        default=False,
+        metadata=_env(
+            "KIISRV_BUILD_READ_ONLY",
+            "Read-only root filesystem for builds (the real build scripts write to /controller).",
+        ),
+    )
     ccache_volume: str = field(
         default="kiisrv-ccache",
         metadata=_env("KIISRV_CCACHE_VOLUME", "Named volume holding the shared ccache."),
+    )
+    retention_days: float = field(
+        default=30.0,
+        metadata=_env("KIISRV_RETENTION_DAYS", "Build outputs older than this are pruned."),
+    )
+    retention_bytes: int = field(
+        default=10 * 1024**3,
+        metadata=_env(
+            "KIISRV_RETENTION_BYTES", "Oldest build outputs are pruned past this total size."
+        ),
+    )
+    prune_interval: float = field(
+        default=3600.0,
+        metadata=_env("KIISRV_PRUNE_INTERVAL", "Seconds between prunes while serving; 0: never."),
     )
     engine_timeout: float = field(
         default=60.0,

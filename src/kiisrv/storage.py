@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
 from kiisrv.versions import Version
 
@@ -90,12 +92,21 @@ def _connect(path: Path, script: str) -> sqlite3.Connection:
 
 class Storage:
     def __init__(self, stats_db: Path, config_db: Path) -> None:
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
         self._stats = _connect(stats_db, _STATS_SCHEMA)
         self._config = _connect(config_db, _CONFIG_SCHEMA)
 
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One caller at a time; SQLite failures (a full disk) become StorageError."""
+        with self._mutex:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise StorageError(f"the server cannot use its database: {exc}") from exc
+
     def close(self) -> None:
-        with self._lock:
+        with self._lock():
             self._stats.close()
             self._config.close()
 
@@ -103,14 +114,14 @@ class Storage:
 
     def seed_versions(self, versions: Iterable[Version]) -> None:
         """Insert the default rows that are missing; rows an operator edited stay."""
-        with self._lock:
+        with self._lock():
             self._config.executemany(
                 "INSERT OR IGNORE INTO Versions VALUES (?, ?, ?, ?)",
                 [(v.name, v.channel, v.container, v.git_tag) for v in versions],
             )
 
     def versions(self) -> list[Version]:
-        with self._lock:
+        with self._lock():
             rows = self._config.execute(
                 "SELECT name, channel, container, git_tag FROM Versions ORDER BY rowid"
             ).fetchall()
@@ -119,7 +130,7 @@ class Storage:
     # -- requests ------------------------------------------------------------------
 
     def record_request(self, r: RequestRecord) -> None:
-        with self._lock:
+        with self._lock():
             self._stats.execute(
                 "INSERT INTO Requests (ip_addr, os, web, hash, board, variant, layers,"
                 " container, success, request_time, build_duration)"
@@ -140,13 +151,13 @@ class Storage:
             )
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._lock():
             return self._stats.execute(sql, args).fetchall()
 
     # -- builds --------------------------------------------------------------------
 
     def save_job(self, job: Job) -> None:
-        with self._lock:
+        with self._lock():
             self._stats.execute(
                 "INSERT OR REPLACE INTO Builds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -164,7 +175,7 @@ class Storage:
             )
 
     def load_job(self, hash_: str) -> Job | None:
-        with self._lock:
+        with self._lock():
             row = self._stats.execute("SELECT * FROM Builds WHERE hash = ?", (hash_,)).fetchone()
         if row is None:
             return None
@@ -181,9 +192,18 @@ class Storage:
             duration_ms=row[9],
         )
 
+    def unfinished(self) -> list[str]:
+        """Hashes of builds queued or running (in any server using this database)."""
+        with self._lock():
+            rows = self._stats.execute(
+                "SELECT hash FROM Builds WHERE state IN (?, ?)",
+                (JobState.QUEUED.value, JobState.RUNNING.value),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def fail_unfinished(self, reason: str) -> int:
         """Builds a previous run accepted but never finished: record why, once."""
-        with self._lock:
+        with self._lock():
             cur = self._stats.execute(
                 "UPDATE Builds SET state = ?, error = ?, finished_at = ? WHERE state IN (?, ?)",
                 (

@@ -17,12 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import docker
 import docker.errors
 import httpx
 import pytest
-
-import docker
 from docker import DockerClient
+
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
 from tests.conftest import TEST_PREFIX, _client

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from docker import DockerClient
+
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
@@ -74,6 +74,7 @@ async def test_a_build_end_to_end(
     assert z.read("kiibohd.dfu.bin").startswith(b"KIISRV TEST DOUBLE FIRMWARE")
     assert json.loads(z.read("KType-Mine.json")) == config
     assert b"maps KType-Mine-0 KType-Mine-1 with Layout='test'" in z.read("log/build.log")
+    assert b"uid 1000, gid 1000, root filesystem writable" in z.read("log/build.log")
     assert z.read("KType-Mine-0.kll").startswith(b'Name = "KType";')
     assert len(build_containers.created()) == 1
     assert build_containers.running() == []  # removed after the build
@@ -249,3 +250,11 @@ async def test_restart_removes_orphans_and_fails_unfinished_builds(
         status = (await client.get("/builds/" + "f" * 32)).json()
         assert status["state"] == "failed"
         assert "restarted" in status["error"]
+
+
+async def test_read_only_root_when_asked(docker_settings: Settings) -> None:
+    async for client in _client(replace(docker_settings, build_read_only=True, build_user="")):
+        r = await client.post("/", json=request(ktype()))
+        assert r.status_code == 200, r.text
+        z = await download(client, r.json()["filename"])
+        assert b"uid 0, gid 0, root filesystem read-only" in z.read("log/build.log")

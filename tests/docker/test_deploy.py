@@ -22,8 +22,8 @@ from pathlib import Path
 import docker.errors
 import httpx
 import pytest
-
 from docker import DockerClient
+
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
 from tests.docker.conftest import EXTRA_CA, TEST_CONTAINERS, TEST_IMAGE_PREFIX, Events

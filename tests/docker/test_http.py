@@ -11,6 +11,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,8 +29,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Live:
+    base: str
+    pid: int
+
+
 @contextmanager
-def serve(settings: Settings, log: Path) -> Iterator[str]:
+def serve(settings: Settings, log: Path) -> Iterator[Live]:
     port = free_port()
     env = {
         **os.environ,
@@ -55,7 +62,7 @@ def serve(settings: Settings, log: Path) -> Iterator[str]:
                 time.sleep(0.1)
         else:
             raise AssertionError(f"server did not start:\n{log.read_text()}")
-        yield base
+        yield Live(base, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -65,7 +72,7 @@ def test_configurator_flow_and_restart(
     docker_settings: Settings, build_containers: Events, tmp_path: Path
 ) -> None:
     log = tmp_path / "server.log"
-    with serve(docker_settings, log) as base, httpx.Client(base_url=base, timeout=120) as http:
+    with serve(docker_settings, log) as live, httpx.Client(base_url=live.base, timeout=120) as http:
         versions = http.get("/versions", headers=CONFIGURATOR).json()
         assert versions["latest"]["commit"] >= 1
         layout = http.get("/layouts/KType-TestBase.json", headers=CONFIGURATOR).json()
@@ -83,7 +90,7 @@ def test_configurator_flow_and_restart(
         assert "Builds: 1 (1 unique)" in http.get("/stats").text
     assert len(build_containers.created()) == 1
 
-    with serve(docker_settings, log) as base, httpx.Client(base_url=base, timeout=120) as http:
+    with serve(docker_settings, log) as live, httpx.Client(base_url=live.base, timeout=120) as http:
         start = time.monotonic()
         again = http.post("/download.php", json=request(config), headers=CONFIGURATOR)
         elapsed = time.monotonic() - start

@@ -46,11 +46,18 @@ if grep -q KIISRV_TEST_FAIL "$out"/*.kll; then
 fi
 
 echo "$me (test double): maps ${maps[*]} with Layout='$Layout'"
+if touch /controller/.kiisrv-write-test 2>/dev/null; then rootfs=writable; else rootfs=read-only; fi
+echo "$me (test double): uid $(id -u), gid $(id -g), root filesystem $rootfs"
+touch /mnt/ccache/.kiisrv-test-double 2>/dev/null || fail "the ccache volume is not writable"
 {
 	echo "KIISRV TEST DOUBLE FIRMWARE - not a real image"
 	cat "$out"/*.kll | sha256sum
 } > "$out/kiibohd.dfu.bin"
 printf '{"test_double": true, "script": "%s", "maps": "%s"}\n' "$me" "${maps[*]}" > "$out/kll.json"
+pad_kb="$(grep -ho 'KIISRV_TEST_OUTPUT_KB=[0-9]*' "$out"/*.kll | head -n1 | cut -d= -f2 || true)"
+if [ -n "$pad_kb" ]; then  # incompressible padding, for disk-full tests
+	head -c "$((pad_kb * 1024))" /dev/urandom >> "$out/kiibohd.dfu.bin"
+fi
 echo "/* test double */" > "$out/generatedKeymap.h"
 echo "/* test double */" > "$out/kll_defs.h"
 echo "$me (test double): done"
