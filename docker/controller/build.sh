@@ -38,6 +38,11 @@ echo "------------------------"
 # Builds run with a tmpfs /tmp: the KLL compiler finds its layout cache there.
 for f in /kll_cache/*; do ln -sfn "$f" /tmp/; done
 export PATH="/usr/lib/ccache:$PATH"
+# A ccache volume made by an older image (root-owned) would fail every build: go without.
+if [ -n "${CCACHE_DIR:-}" ] && ! touch "${CCACHE_DIR}/.kiisrv-write-test" 2>/dev/null; then
+	echo "warning: ${CCACHE_DIR} is not writable by uid $(id -u); building without ccache"
+	export CCACHE_DISABLE=1
+fi
 
 # The KLL compiler looks for the .kll files in the build dir. Copy: the input is read-only.
 cp -- "${KLL_DIR}"/* "${BUILD_DIR}/" || { echo "no input files in ${KLL_DIR}" >&2; exit 66; }

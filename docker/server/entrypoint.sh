@@ -5,14 +5,17 @@
 # user (compose `user:` plus `group_add:`), it runs the command as it is.
 set -eu
 if [ "$(id -u)" = "0" ]; then
-	socket="${DOCKER_HOST:-unix:///var/run/docker.sock}"
-	socket="${socket#unix://}"
+	engine="${DOCKER_HOST:-unix:///var/run/docker.sock}"
 	groups="1000"
-	if [ -S "$socket" ]; then
-		groups="1000,$(stat -c %g "$socket")"
-	else
-		echo "kiisrv: no Docker socket at $socket; builds will answer 503" >&2
-	fi
+	case "$engine" in
+	unix://*)
+		socket="${engine#unix://}"
+		if [ -S "$socket" ]; then
+			groups="1000,$(stat -c %g "$socket")"
+		else
+			echo "kiisrv: no Docker socket at $socket; builds will answer 503" >&2
+		fi ;;
+	esac
 	data="${KIISRV_DATA_DIR:-/data}"
 	mkdir -p "$data"
 	chown 1000:1000 "$data"

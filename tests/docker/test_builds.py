@@ -75,6 +75,7 @@ async def test_a_build_end_to_end(
     assert json.loads(z.read("KType-Mine.json")) == config
     assert b"maps KType-Mine-0 KType-Mine-1 with Layout='test'" in z.read("log/build.log")
     assert b"uid 1000, gid 1000, root filesystem writable" in z.read("log/build.log")
+    assert b"ccache writable" in z.read("log/build.log")  # a fresh volume takes the image's mode
     assert z.read("KType-Mine-0.kll").startswith(b'Name = "KType";')
     assert len(build_containers.created()) == 1
     assert build_containers.running() == []  # removed after the build

@@ -72,10 +72,19 @@ def deployment(
     tmp_path: Path,
 ) -> Iterator[tuple[str, dict[str, str], Path]]:
     server_tag = f"{docker_settings.instance}-server:latest"
-    build_server_image(docker_client, tmp_path / "context", server_tag)
+    proxy_tag = f"{docker_settings.instance}-socket-proxy:latest"
+    context = tmp_path / "context"
+    build_server_image(docker_client, context, server_tag)
+    docker_client.images.build(
+        path=str(context),
+        dockerfile="docker/socket-proxy/Dockerfile",
+        tag=proxy_tag,
+        rm=True,
+        forcerm=True,
+    )
 
     # Move the images as to an offline host.
-    tags = [server_tag] + [f"{TEST_IMAGE_PREFIX}{c}:latest" for c in TEST_CONTAINERS]
+    tags = [server_tag, proxy_tag] + [f"{TEST_IMAGE_PREFIX}{c}:latest" for c in TEST_CONTAINERS]
     archive = tmp_path / "images.tar.gz"
     shell(f"docker save {' '.join(tags)} | gzip -1 > {archive}")
     for tag in tags:
@@ -88,6 +97,7 @@ def deployment(
     env = {
         **os.environ,
         "KIISRV_IMAGE": server_tag,
+        "KIISRV_PROXY_IMAGE": proxy_tag,
         "KIISRV_DATA_HOST": str(data_host),
         "KIISRV_PUBLISH": str(free_port()),
         "KIISRV_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
@@ -109,8 +119,9 @@ def deployment(
         ):
             print(f"--- {c.name} ---\n{c.logs().decode(errors='replace')}")
         subprocess.run([*compose, "down", "-v"], env=env, capture_output=True)
-        with contextlib.suppress(docker.errors.APIError):
-            docker_client.images.remove(server_tag)
+        for tag in (server_tag, proxy_tag):
+            with contextlib.suppress(docker.errors.APIError):
+                docker_client.images.remove(tag)
 
 
 def test_compose_deployment_from_loaded_images(
@@ -125,9 +136,14 @@ def test_compose_deployment_from_loaded_images(
         [*compose, "up", "-d", "--no-build"], env=env, capture_output=True, text=True
     )
     assert up.returncode == 0, up.stderr
-    (server,) = docker_client.containers.list(
+    running = docker_client.containers.list(
         filters={"label": f"com.docker.compose.project={project}"}
-    )  # only the server: controller services are build-only
+    )  # the server and the socket proxy: controller services are build-only
+    services = {c.labels["com.docker.compose.service"]: c for c in running}
+    assert set(services) == {"kiisrv", "socket-proxy"}
+    server = services["kiisrv"]
+    # Only the proxy holds the socket.
+    assert not [m for m in server.attrs["Mounts"] if m["Destination"].endswith("docker.sock")]
     for _ in range(240):
         server.reload()
         if server.attrs["State"]["Health"]["Status"] == "healthy":

@@ -24,7 +24,9 @@ REAL_SOCKET = Path(
 )
 
 
-async def test_engine_away_at_start_then_back(docker_settings: Settings, tmp_path: Path) -> None:
+async def test_engine_away_at_start_then_back(
+    docker_settings: Settings, build_containers: Events, tmp_path: Path
+) -> None:
     link = tmp_path / "engine" / "docker.sock"
     link.parent.mkdir()
     async for client in _client(replace(docker_settings, docker_url=f"unix://{link}")):

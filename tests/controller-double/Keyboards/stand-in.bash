@@ -48,7 +48,12 @@ fi
 echo "$me (test double): maps ${maps[*]} with Layout='$Layout'"
 if touch /controller/.kiisrv-write-test 2>/dev/null; then rootfs=writable; else rootfs=read-only; fi
 echo "$me (test double): uid $(id -u), gid $(id -g), root filesystem $rootfs"
-touch /mnt/ccache/.kiisrv-test-double 2>/dev/null || fail "the ccache volume is not writable"
+if [ -n "${CCACHE_DISABLE:-}" ]; then
+	echo "$me (test double): ccache disabled"
+else
+	touch "$CCACHE_DIR/.kiisrv-test-double" || fail "ccache is on but $CCACHE_DIR is not writable"
+	echo "$me (test double): ccache writable"
+fi
 {
 	echo "KIISRV TEST DOUBLE FIRMWARE - not a real image"
 	cat "$out"/*.kll | sha256sum

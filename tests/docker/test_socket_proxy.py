@@ -1,0 +1,100 @@
+"""The socket proxy passes what builds need and refuses the rest (403)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from docker import DockerClient
+
+from kiisrv.engine import Engine
+from kiisrv.settings import Settings
+from tests.docker.conftest import Events
+from tests.docker.test_http import free_port
+from tests.helpers import REPO
+
+
+@pytest.fixture(scope="module")
+def proxy(docker_client: DockerClient) -> Iterator[str]:
+    image, _ = docker_client.images.build(
+        path=str(REPO),
+        dockerfile="docker/socket-proxy/Dockerfile",
+        tag="kiisrvtest-socket-proxy:latest",
+        rm=True,
+    )
+    port = free_port()
+    container = docker_client.containers.run(
+        image.id,
+        detach=True,
+        name=f"kiisrvtest-proxy-{port}",
+        read_only=True,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}},
+        ports={"2375/tcp": ("127.0.0.1", port)},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(50):
+            try:
+                if httpx.get(f"{base}/_ping", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/info"),
+        ("GET", "/v1.41/volumes"),
+        ("POST", "/v1.41/images/create?fromImage=alpine"),
+        ("POST", "/v1.41/build"),
+        ("POST", "/v1.41/containers/abc/exec"),
+        ("POST", "/v1.41/containers/abc/update"),
+        ("DELETE", "/v1.41/images/debian:bookworm-slim"),
+        ("POST", "/v1.41/networks/create"),
+        ("GET", "/v1.41/swarm"),
+        ("GET", "/v1.41/containers/json/../../info"),
+    ],
+)
+def test_refused(proxy: str, method: str, path: str) -> None:
+    r = httpx.request(method, f"{proxy}{path}", timeout=10)
+    assert r.status_code == 403, (method, path, r.status_code)
+
+
+def test_the_engine_class_works_through_it(proxy: str, controller_image: str) -> None:
+    engine = Engine(proxy.replace("http://", "tcp://"), timeout=30)
+    assert engine.ping()
+    images = engine.images()
+    assert "kiisrv-testdouble-controller-057:latest" in images
+    version = engine.read_file(
+        "kiisrv-testdouble-controller-057:latest", "/controller/kiisrv-version.json"
+    )
+    assert version is not None and b'"tag"' in version
+    assert isinstance(engine.containers("kiisrvtest-none"), list)
+
+
+def test_a_build_through_the_proxy(
+    proxy: str, docker_settings: Settings, build_containers: Events
+) -> None:
+    import asyncio
+    from dataclasses import replace
+
+    from tests.conftest import _client
+    from tests.helpers import ktype, request
+
+    async def build() -> int:
+        async for client in _client(
+            replace(docker_settings, docker_url=proxy.replace("http://", "tcp://"))
+        ):
+            r = await client.post("/", json=request(ktype()))
+            return r.status_code
+        return 0
+
+    assert asyncio.run(build()) == 200
