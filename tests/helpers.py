@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,20 @@ NO_CONFORMANCE = f"reference data not found at {CONFORMANCE} (../shared/conforma
 
 # What the Configurator's download parser expects of `filename` (API.md).
 CLIENT_FILENAME_RE = r"^\./[^/]+/+([A-Za-z0-9_.-]+)-([A-Za-z0-9_.-]+)-([0-9A-Fa-f]+)(_error)?"
+
+
+def wait_for_http(url: str, attempts: int = 100) -> bool:
+    """True once ``url`` answers 200 (a server or proxy just started), False if never."""
+    import httpx
+
+    for _ in range(attempts):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def header(

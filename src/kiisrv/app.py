@@ -180,6 +180,14 @@ def create_app(settings: Settings) -> FastAPI:
             raise NotFound(f"no build {hash_!r}")
         return job.as_json()
 
+    @app.get("/builds/{hash_}/log", response_class=PlainTextResponse)
+    async def build_log(hash_: str) -> PlainTextResponse:
+        """A build's output: live while it runs, its build log once finished."""
+        if not _HASH_RE.match(hash_):
+            raise NotFound(f"no build {hash_!r}")
+        text = await server.builder.log(hash_)
+        return PlainTextResponse(text.decode("utf-8", "replace"))
+
     @app.get("/healthz")
     async def health() -> dict[str, object]:
         """Liveness for container health checks; says whether the engine answers."""

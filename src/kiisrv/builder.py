@@ -18,6 +18,7 @@ import logging
 import secrets
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,15 @@ from kiisrv.artifacts import log_tail, publish, write_zip
 from kiisrv.catalog import Available, Catalog
 from kiisrv.containers import WORK_SUBDIR, build_container_spec
 from kiisrv.engine import Engine
-from kiisrv.errors import EngineTimeout, InvalidLayout, KiisrvError, QueueFull, Unavailable
+from kiisrv.errors import (
+    EngineNotFound,
+    EngineTimeout,
+    InvalidLayout,
+    KiisrvError,
+    NotFound,
+    QueueFull,
+    Unavailable,
+)
 from kiisrv.jobs import Job, JobState
 from kiisrv.layout import parse_request
 from kiisrv.layouts import LayoutStore
@@ -128,7 +137,7 @@ class Builder:
         self.layouts = layouts
         self._inflight: dict[str, asyncio.Future[Job]] = {}
         self._jobs: dict[str, Job] = {}
-        self._containers: dict[str, str] = {}
+        self._containers: dict[str, str] = {}  # hash -> running container, for live logs
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max(1, settings.max_builds))
 
@@ -172,8 +181,22 @@ class Builder:
     def status(self, hash_: str) -> Job | None:
         return self._jobs.get(hash_) or self.storage.load_job(hash_)
 
-    def container_of(self, hash_: str) -> str | None:
-        return self._containers.get(hash_)
+    async def log(self, hash_: str) -> bytes:
+        """The build's output so far (running) or its build log (finished)."""
+        job = self.status(hash_)
+        if job is None:
+            raise NotFound(f"no build {hash_!r}")
+        cid = self._containers.get(hash_)
+        if cid is not None:
+            with contextlib.suppress(EngineNotFound):
+                return await anyio.to_thread.run_sync(self.engine.logs, cid)
+        if not job.state.finished:
+            return b""  # queued: nothing has run yet
+        try:
+            with zipfile.ZipFile(self.settings.builds_dir / job.zip_name) as z:
+                return z.read("log/build.log")
+        except (OSError, KeyError, zipfile.BadZipFile):
+            raise NotFound(f"the log of build {hash_} is no longer kept") from None
 
     async def plan(self, body: Any) -> Plan:
         request = parse_request(body)

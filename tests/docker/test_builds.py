@@ -207,7 +207,7 @@ async def test_queue_limit_answers_503_with_retry_after(
         assert (await second).status_code == 200
 
 
-async def test_status_while_running(dclient: httpx.AsyncClient) -> None:
+async def test_status_and_log_while_running(dclient: httpx.AsyncClient) -> None:
     body = request(ktype(custom="# KIISRV_TEST_SLEEP=3"))
     task = asyncio.create_task(dclient.post("/", json=body))
     server = dclient.app.state.kiisrv  # type: ignore[attr-defined]
@@ -222,8 +222,18 @@ async def test_status_while_running(dclient: httpx.AsyncClient) -> None:
             break
         await asyncio.sleep(0.1)
     assert state == "running"
+    live = ""
+    for _ in range(50):
+        live = (await dclient.get(f"/builds/{hash_}/log")).text
+        if "sleeping 3s as asked" in live:
+            break
+        await asyncio.sleep(0.1)
+    assert "sleeping 3s as asked" in live and "done" not in live  # output so far
     assert (await task).status_code == 200
     assert (await dclient.get(f"/builds/{hash_}")).json()["state"] == "succeeded"
+    final = (await dclient.get(f"/builds/{hash_}/log")).text
+    assert "k-type.bash (test double): done" in final
+    assert (await dclient.get("/builds/" + "0" * 32 + "/log")).status_code == 404
 
 
 async def test_restart_removes_orphans_and_fails_unfinished_builds(

@@ -18,7 +18,7 @@ import httpx
 
 from kiisrv.settings import Settings
 from tests.docker.conftest import Events
-from tests.helpers import ktype, request
+from tests.helpers import ktype, request, wait_for_http
 
 CONFIGURATOR = {"User-Agent": "Kiibohd Configurator", "Accept": "application/json"}
 
@@ -54,13 +54,7 @@ def serve(settings: Settings, log: Path) -> Iterator[Live]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
+        if not wait_for_http(f"{base}/healthz"):
             raise AssertionError(f"server did not start:\n{log.read_text()}")
         yield Live(base, proc.pid)
     finally:

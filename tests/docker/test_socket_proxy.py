@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +12,7 @@ from kiisrv.engine import Engine
 from kiisrv.settings import Settings
 from tests.docker.conftest import Events
 from tests.docker.test_http import free_port
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_for_http
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +36,7 @@ def proxy(docker_client: DockerClient) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(50):
-            try:
-                if httpx.get(f"{base}/_ping", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        assert wait_for_http(f"{base}/_ping"), container.logs().decode(errors="replace")
         yield base
     finally:
         container.remove(force=True)
