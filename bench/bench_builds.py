@@ -29,16 +29,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.helpers import FIXTURE_LAYOUTS, ktype, request  # noqa: E402
+from tests.helpers import FIXTURE_LAYOUTS, ktype, request, rss_kib  # noqa: E402
 
 INSTANCE = "kiisrvbench"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def pct(values: list[float], p: float) -> float:

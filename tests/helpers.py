@@ -31,6 +31,14 @@ def wait_for_http(url: str, attempts: int = 100) -> bool:
     return False
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
 def header(
     name: str = "KType", layout: str = "Mine", base: str = "TestBase", **kw: Any
 ) -> dict[str, Any]:

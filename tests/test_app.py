@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -71,8 +72,6 @@ async def test_bad_builds_get_4xx_and_change_nothing(
 
 
 async def test_body_over_the_limit_is_413(tmp_path: Path, settings: Settings) -> None:
-    from dataclasses import replace
-
     async for client in _client(replace(settings, max_body_bytes=1000)):
         assert_error(await client.post("/", content=b" " * 2000), 413, "larger than 1000")
 
@@ -134,8 +133,6 @@ async def test_no_path_leads_out_of_the_folders(client: httpx.AsyncClient, path:
 async def test_symlinks_out_of_the_folders_are_not_followed(
     tmp_path: Path, settings: Settings
 ) -> None:
-    from dataclasses import replace
-
     layouts = tmp_path / "evil-layouts"
     shutil.copytree(FIXTURE_LAYOUTS, layouts)
     secret = tmp_path / "secret.json"
@@ -153,8 +150,6 @@ async def test_symlinks_out_of_the_folders_are_not_followed(
 
 
 async def test_layout_revisions_from_a_git_checkout(tmp_path: Path, settings: Settings) -> None:
-    from dataclasses import replace
-
     repo = tmp_path / "repo"
     layouts = repo / "layouts"
     shutil.copytree(FIXTURE_LAYOUTS, layouts)

@@ -6,9 +6,11 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from kiisrv import __version__, kll, layouts
+from kiisrv.core import Kiisrv
 from kiisrv.errors import KiisrvError
 from kiisrv.layout import parse_layout
 from kiisrv.layouts import LayoutStore
@@ -21,7 +23,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from kiisrv.app import create_app
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = Settings.from_env(**overrides)
+    settings = replace(settings, **overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
@@ -48,16 +50,15 @@ def _layouts_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _prune(args: argparse.Namespace, settings: Settings) -> int:
-    from dataclasses import replace
-
-    from kiisrv.core import Kiisrv
-
-    overrides = {}
-    if args.max_age_days is not None:
-        overrides["retention_days"] = args.max_age_days
-    if args.max_bytes is not None:
-        overrides["retention_bytes"] = args.max_bytes
-    server = Kiisrv(replace(settings, **overrides))
+    server = Kiisrv(
+        replace(
+            settings,
+            retention_days=settings.retention_days
+            if args.max_age_days is None
+            else args.max_age_days,
+            retention_bytes=settings.retention_bytes if args.max_bytes is None else args.max_bytes,
+        )
+    )
     result = server.prune(dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(

@@ -16,14 +16,7 @@ import httpx
 from kiisrv.settings import Settings
 from tests.docker.conftest import Events
 from tests.docker.test_http import serve
-from tests.helpers import ktype, request
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+from tests.helpers import ktype, request, rss_kib
 
 
 def test_load_keeps_every_request_and_no_5xx(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -10,9 +12,10 @@ from docker import DockerClient
 
 from kiisrv.engine import Engine
 from kiisrv.settings import Settings
+from tests.conftest import _client
 from tests.docker.conftest import Events
 from tests.docker.test_http import free_port
-from tests.helpers import REPO, wait_for_http
+from tests.helpers import REPO, ktype, request, wait_for_http
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +80,6 @@ def test_the_engine_class_works_through_it(proxy: str, controller_image: str) ->
 def test_a_build_through_the_proxy(
     proxy: str, docker_settings: Settings, build_containers: Events
 ) -> None:
-    import asyncio
-    from dataclasses import replace
-
-    from tests.conftest import _client
-    from tests.helpers import ktype, request
-
     async def build() -> int:
         async for client in _client(
             replace(docker_settings, docker_url=proxy.replace("http://", "tcp://"))
