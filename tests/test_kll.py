@@ -153,21 +153,27 @@ def test_key_formatting() -> None:
     assert kll.format_key("") == 'U""'
 
 
-def test_lts_rewrites_led_control_and_comments_out_the_rest() -> None:
+def test_lts_keeps_two_argument_led_control_and_comments_out_the_rest() -> None:
+    """v0.5.0 declares ledControl(mode, amount), modes 0-8 (KLL_GENERATION.md)."""
     doc = ktype()
     doc["matrix"][0]["layers"]["1"] = {"key": "#:ledControl( 0, 15 )"}
     doc["matrix"][1]["layers"]["1"] = {"key": "#:ledControl(1,15)"}
-    doc["matrix"][2]["layers"]["1"] = {"key": "#:ledControl( 3, 0 )"}
+    doc["matrix"][2]["layers"]["1"] = {"key": "#:ledControl( 8, 1 )"}
     doc["matrix"][3]["layers"]["1"] = {"key": "#:animation_control( 0 )"}
     lts = gen(doc, lts=True)["KType-Mine-1.kll"]
-    assert 'U"ESC" : ledControl( 3, 15, 0 );' in lts
-    assert 'U"A" : ledControl( 4, 15, 0 );' in lts
-    assert 'U"B" : ledControl( 5, 0, 0);' in lts
+    assert 'U"ESC" : ledControl( 0, 15 );' in lts
+    assert 'U"A" : ledControl(1,15);' in lts
+    assert 'U"B" : ledControl( 8, 1 );' in lts
     assert '#U"C" : #:animation_control( 0 );' in lts
-    doc["matrix"][0]["layers"]["1"] = {"key": "#:ledControl( 7, 1 )"}
-    assert '#U"ESC" : #:ledControl( 7, 1 );' in gen(doc, lts=True)["KType-Mine-1.kll"]
+    doc["matrix"][0]["layers"]["1"] = {"key": "#:ledControl( 9, 1 )"}
+    doc["matrix"][1]["layers"]["1"] = {"key": "#:ledControl( 3, 15, 0 )"}
+    doc["matrix"][2]["layers"]["1"] = {"key": "#:ledControl( 1, 15 ), ledTest(1, 0)"}
+    lts = gen(doc, lts=True)["KType-Mine-1.kll"]
+    assert '#U"ESC" : #:ledControl( 9, 1 );' in lts
+    assert '#U"A" : #:ledControl( 3, 15, 0 );' in lts
+    assert '#U"B" : #:ledControl( 1, 15 ), ledTest(1, 0);' in lts
     latest = gen(doc)["KType-Mine-1.kll"]
-    assert 'U"ESC" : ledControl( 7, 1 );' in latest
+    assert 'U"ESC" : ledControl( 9, 1 );' in latest
     assert 'U"C" : animation_control( 0 );' in latest
 
 

@@ -3,12 +3,13 @@
 Pure: the caller reads the base layout and passes it in. The rules are in
 ``shared/spec/KLL_GENERATION.md``; the conformance tests hold this module to the
 reference output. Quirks of the reference (the key order of the blocks, the blank
-lines, LTS rewriting of ``ledControl``) are reproduced on purpose, since the
+lines, what LTS comments out) are reproduced on purpose, since the
 controller sources of each version were written against them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from kiisrv.errors import InvalidLayout, UnknownKeyboard
@@ -131,20 +132,18 @@ def _pairs(layout: Layout, base: Layout) -> list[list[tuple[str, str]]]:
     return layers
 
 
+# v0.5.0 declares ledControl(mode, amount) with modes 0-8, as v0.5.7 does: such calls
+# are kept; any other ledControl action would fail v0.5.0's KLL compiler.
+_LTS_LED_CONTROL = re.compile(r"#:ledControl\(\s*[0-8]\s*,\s*-?\d+\s*\)")
+
+
 def _line(left: str, right: str, lts: bool) -> str:
     key = format_key(left)
     if not right.startswith("#:"):
         return f"{key} : {format_key(right)};"
     action = right[2:]
     if lts and "ledControl" in right:
-        compact = right.replace(" ", "")
-        if "ledControl(0,15)" in compact:
-            action = "ledControl( 3, 15, 0 )"
-        elif "ledControl(1,15)" in compact:
-            action = "ledControl( 4, 15, 0 )"
-        elif "ledControl(3,0)" in compact:
-            action = "ledControl( 5, 0, 0)"
-        else:
+        if not _LTS_LED_CONTROL.fullmatch(right):
             return f"#{key} : {right};"
     elif lts and "animation_control" in right:
         return f"#{key} : {right};"
