@@ -10,9 +10,7 @@ import pytest
 
 from kiisrv.app import create_app
 from kiisrv.settings import Settings
-from tests.helpers import FIXTURE_LAYOUTS
-
-TEST_PREFIX = "kiisrvtest-"
+from tests.helpers import FIXTURE_LAYOUTS, TEST_IMAGE_PREFIX, TEST_PREFIX
 
 
 @pytest.fixture
@@ -30,7 +28,7 @@ def settings(tmp_path: Path) -> Settings:
         layouts_dir=layouts,
         docker_url="unix:///nonexistent/docker.sock",
         instance=f"{TEST_PREFIX}{secrets.token_hex(4)}",
-        image_prefix="kiisrv-testdouble-",
+        image_prefix=TEST_IMAGE_PREFIX,
         max_builds=2,
         engine_timeout=10,
     )

@@ -13,6 +13,11 @@ FIXTURE_LAYOUTS = REPO / "tests" / "fixtures" / "layouts"
 CONFORMANCE = Path(os.environ.get("KIISRV_CONFORMANCE_DIR", REPO.parent / "shared" / "conformance"))
 NO_CONFORMANCE = f"reference data not found at {CONFORMANCE} (../shared/conformance)"
 
+# Names of the containers and images the tests make. Two checkouts can run the Docker
+# suite on one daemon at once when each sets its own.
+TEST_PREFIX = os.environ.get("KIISRV_TEST_PREFIX", "kiisrvtest-")
+TEST_IMAGE_PREFIX = os.environ.get("KIISRV_TEST_IMAGE_PREFIX", "kiisrv-testdouble-")
+
 # What the Configurator's download parser expects of `filename` (API.md).
 CLIENT_FILENAME_RE = r"^\./[^/]+/+([A-Za-z0-9_.-]+)-([A-Za-z0-9_.-]+)-([0-9A-Fa-f]+)(_error)?"
 

@@ -25,10 +25,9 @@ from docker import DockerClient
 
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
-from tests.conftest import TEST_PREFIX, _client
-from tests.helpers import REPO
+from tests.conftest import _client
+from tests.helpers import REPO, TEST_IMAGE_PREFIX, TEST_PREFIX
 
-TEST_IMAGE_PREFIX = "kiisrv-testdouble-"
 TEST_CONTAINERS = ("controller-057", "controller-050")
 EXTRA_CA = os.environ.get("KIISRV_TEST_EXTRA_CA")  # a CA bundle the image build must trust
 

@@ -22,7 +22,7 @@ from kiisrv.settings import Settings
 from kiisrv.storage import Storage
 from tests.conftest import _client
 from tests.docker.conftest import Events
-from tests.helpers import CLIENT_FILENAME_RE, ktype, mdergo1, request
+from tests.helpers import CLIENT_FILENAME_RE, TEST_IMAGE_PREFIX, ktype, mdergo1, request
 
 pytestmark = pytest.mark.anyio
 
@@ -149,8 +149,8 @@ async def test_lts_uses_the_lts_image_and_rules(
     assert b"A[a]" not in z.read("KType-Mine-0.kll")
     images = sorted(e["Actor"]["Attributes"]["image"] for e in build_containers.created())
     assert images == [
-        "kiisrv-testdouble-controller-050:latest",
-        "kiisrv-testdouble-controller-057:latest",
+        f"{TEST_IMAGE_PREFIX}controller-050:latest",
+        f"{TEST_IMAGE_PREFIX}controller-057:latest",
     ]
 
 

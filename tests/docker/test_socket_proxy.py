@@ -15,7 +15,7 @@ from kiisrv.settings import Settings
 from tests.conftest import _client
 from tests.docker.conftest import Events
 from tests.docker.test_http import free_port
-from tests.helpers import REPO, ktype, request, wait_for_http
+from tests.helpers import REPO, TEST_IMAGE_PREFIX, ktype, request, wait_for_http
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,9 @@ def test_the_engine_class_works_through_it(proxy: str, controller_image: str) ->
     engine = Engine(proxy.replace("http://", "tcp://"), timeout=30)
     assert engine.ping()
     images = engine.images()
-    assert "kiisrv-testdouble-controller-057:latest" in images
+    assert f"{TEST_IMAGE_PREFIX}controller-057:latest" in images
     version = engine.read_file(
-        "kiisrv-testdouble-controller-057:latest", "/controller/kiisrv-version.json"
+        f"{TEST_IMAGE_PREFIX}controller-057:latest", "/controller/kiisrv-version.json"
     )
     assert version is not None and b'"tag"' in version
     assert isinstance(engine.containers("kiisrvtest-none"), list)
