@@ -251,7 +251,7 @@ def test_build_parameters_of_a_dotted_name_and_a_split_board() -> None:
     split = kll.build_params(parse_layout(doc), files[:1])
     assert split.environment() == {
         "DefaultMapOverride": "infinity_ergodox/lcdFuncMap MD1.1-Mine-0",
-        "PartialMapsExpandedOverride": "",
+        "PartialMapsExpandedOverride": ";",  # nothing on layer 0 reaches the stock layers
         "Layout": "hacker_blank",
         "SPLIT_KEYBOARD": "1",
     }
@@ -276,3 +276,16 @@ def test_build_script_by_keyboard_name(name: str, script: str) -> None:
 def test_unknown_keyboard_is_a_client_error() -> None:
     with pytest.raises(UnknownKeyboard, match="Fokal"):
         kll.build_script(parse_layout(ktype(name="Fokal")))
+
+
+def test_one_layer_keeps_the_stock_layers_only_when_layer_0_can_reach_them() -> None:
+    doc = ktype()
+    for k in doc["matrix"]:
+        k["layers"] = {"0": k["layers"]["0"]}
+    files = [kll.KllFile("KType-Mine-0.kll", "")]
+    assert kll.build_params(parse_layout(doc), files).partial_maps == ";"
+    for value in ("FUNCTION1", "Lock2", "LATCH3", "#:layerShift(1)"):
+        doc["matrix"][0]["layers"]["0"] = {"key": value}
+        assert kll.build_params(parse_layout(doc), files).partial_maps == "", value
+    doc["matrix"][0]["layers"]["0"] = {"key": "FUNCTIONAL"}
+    assert kll.build_params(parse_layout(doc), files).partial_maps == ";"

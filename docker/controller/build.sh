@@ -3,10 +3,18 @@
 #
 #   build.sh <keyboard script> <kll dir name> <zip name>
 #
-# Reads the .kll files (and the layout JSON) from $IN_DIR/<kll dir name>, builds in a
-# fresh folder under /tmp, and leaves $OUT_DIR/<zip name>, or <zip stem>_error.zip when
-# the build fails. Environment: DefaultMapOverride, PartialMapsExpandedOverride, Layout,
-# SPLIT_KEYBOARD=1 for boards built as two halves. Exits with the build's status.
+# Reads the .kll files (and the layout JSON) from $IN_DIR/<kll dir name> and leaves
+# $OUT_DIR/<zip name>, or <zip stem>_error.zip when the build fails. Environment:
+# DefaultMapOverride, PartialMapsExpandedOverride, Layout, SPLIT_KEYBOARD=1 for boards
+# built as two halves; KIISRV_WARM=0 builds from nothing. Exits with the build's status.
+#
+# Why a build takes about a second: the image holds warm trees (warm.sh), each keyboard
+# configured and compiled at the fixed path used here, with the date pinned. When the
+# request's maps (renamed layer-<n>, env.sh) match a warm tree, the tree is copied and
+# ninja alone runs: it regenerates the KLL and recompiles what the new headers touch,
+# and ccache serves every object whose preprocessed text did not change. Otherwise the
+# keyboard script runs as usual (from the nearest warm tree when there is one, so that
+# only CMake's configure is added). Either way the firmware is the same bytes.
 set -uo pipefail
 shopt -s nullglob
 
@@ -21,81 +29,121 @@ script="$1" kll_name="$2" zip_name="$3"
 
 IN_DIR="${IN_DIR:-/mnt/config}"
 OUT_DIR="${OUT_DIR:-/mnt/builds}"
-CONTROLLER_DIR="${CONTROLLER_DIR:-/controller}"
 KLL_DIR="${IN_DIR}/${kll_name}"
-BUILD_DIR="$(mktemp -d /tmp/kiisrv-build.XXXXXX)"
 export HOME="${HOME:-/tmp}"
 [ -w "$HOME" ] || export HOME=/tmp
+# shellcheck source=docker/controller/env.sh
+source /usr/local/lib/kiisrv/env.sh
 
-echo " ========== STARTING BUILD ========== "
-echo " @@@@@ Script=${script}"
-echo " @@@@@ DefaultMapOverride=${DefaultMapOverride:-}"
-echo " @@@@@ PartialMapsExpandedOverride=${PartialMapsExpandedOverride:-}"
-echo " @@@@@ Layout=${Layout:-}"
-ls -l "${KLL_DIR}"
-echo "------------------------"
+RESULT="$(mktemp -d /tmp/kiisrv-result.XXXXXX)"  # what goes into the zip
+mkdir -p "${RESULT}/kll" "${RESULT}/log"
+LOG="${RESULT}/log/build.log"
+say() { echo "$*" | tee -a "$LOG"; }
 
-# Builds run with a tmpfs /tmp: the KLL compiler finds its layout cache there.
-for f in /kll_cache/*; do ln -sfn "$f" /tmp/; done
-export PATH="/usr/lib/ccache:$PATH"
+say " ========== STARTING BUILD ========== "
+say " @@@@@ Script=${script}"
+say " @@@@@ DefaultMapOverride=${DefaultMapOverride:-}"
+say " @@@@@ PartialMapsExpandedOverride=${PartialMapsExpandedOverride:-}"
+say " @@@@@ Layout=${Layout:-}"
+ls -l "${KLL_DIR}" 2>&1 | tee -a "$LOG"
+say "------------------------"
+
+link_kll_cache
 # A ccache volume made by an older image (root-owned) would fail every build: go without.
 if [ -n "${CCACHE_DIR:-}" ] && ! touch "${CCACHE_DIR}/.kiisrv-write-test" 2>/dev/null; then
-	echo "warning: ${CCACHE_DIR} is not writable by uid $(id -u); building without ccache"
+	say "warning: ${CCACHE_DIR} is not writable by uid $(id -u); building without ccache"
 	export CCACHE_DISABLE=1
 fi
+# The image's own cache, filled while its warm trees were built: read, never written.
+[ -d "${WARM_DIR}/ccache" ] && export CCACHE_SECONDARY_STORAGE="file:${WARM_DIR}/ccache|read-only=true"
 
-# The KLL compiler looks for the .kll files in the build dir. Copy: the input is read-only.
-cp -- "${KLL_DIR}"/* "${BUILD_DIR}/" || { echo "no input files in ${KLL_DIR}" >&2; exit 66; }
+inputs=("${KLL_DIR}"/*.kll)
+[ "${#inputs[@]}" -gt 0 ] || { say "no input files in ${KLL_DIR}"; exit 66; }
+canonical_maps "$KLL_DIR"
+say " @@@@@ Maps=${MAPS}"
 
-cd "${CONTROLLER_DIR}/Keyboards" || exit 70
-
-run_script() { # <script> <build dir>
-	echo " Build Dir: $2"
-	pipenv run "./$1" -c "${CONTROLLER_DIR}" -o "$2" 2>&1 | tee "$2/build.log"
-	return "${PIPESTATUS[0]}"
+build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixed folder
+	local script="$1" out="$2" stem="${1%.bash}" how=cold tree="" cand src status
+	local dir="${BUILD_ROOT}/${stem}"
+	if [ "${KIISRV_WARM:-1}" != 0 ]; then
+		for cand in "${WARM_DIR}/${stem}"/*/; do
+			[ -z "$tree" ] && tree="$cand" how=reconfigure
+			if [ "$(cat "${cand}kiisrv-maps" 2>/dev/null)" = "$MAPS" ]; then
+				tree="$cand" how=warm
+				break
+			fi
+		done
+	fi
+	mkdir -p "$dir"
+	[ -n "$tree" ] && cp -a "${tree}." "$dir/"
+	rm -f "$dir"/layer-*.kll
+	# Copied, not linked: newer than the tree's outputs, so ninja regenerates the KLL.
+	for src in "${!CANON[@]}"; do
+		cp -- "${KLL_DIR}/${src}.kll" "${dir}/${CANON[$src]}.kll"
+	done
+	echo " @@@@@ Build=${how}${tree:+ from ${tree%/}} in ${dir}" | tee "${out}/script.log"
+	if [ "$how" = warm ]; then
+		(cd "$dir" && ninja) 2>&1 | tee -a "${out}/script.log"
+		status="${PIPESTATUS[0]}"
+	else
+		(cd "${CONTROLLER_DIR}/Keyboards" \
+			&& DefaultMapOverride="$CANON_DEFAULT" PartialMapsExpandedOverride="$CANON_PARTIAL" \
+				"./${script}" -c "$CONTROLLER_DIR" -o "$dir") 2>&1 | tee -a "${out}/script.log"
+		status="${PIPESTATUS[0]}"
+	fi
+	for src in kiibohd.dfu.bin kiibohd.secure.dfu.bin kll.json generatedKeymap.h kll_defs.h; do
+		[ -f "${dir}/${src}" ] && cp -- "${dir}/${src}" "${out}/"
+	done
+	return "$status"
 }
 
 if [ "${SPLIT_KEYBOARD:-}" = "1" ]; then
-	for side in left right; do
-		mkdir -p "${BUILD_DIR}/${side}"
-		cp "${BUILD_DIR}"/*.kll "${BUILD_DIR}/${side}/"
-	done
-	run_script "${script%.bash}-l.bash" "${BUILD_DIR}/left" &
+	mkdir -p "${RESULT}/.left" "${RESULT}/.right"
+	build_one "${script%.bash}-l.bash" "${RESULT}/.left" &
 	pid_left=$!
-	run_script "${script%.bash}-r.bash" "${BUILD_DIR}/right" &
+	build_one "${script%.bash}-r.bash" "${RESULT}/.right" &
 	pid_right=$!
 	wait "$pid_left"; status=$?
 	wait "$pid_right"; status_right=$?
 	[ "$status" -eq 0 ] && status=$status_right
 	for side in left right; do
-		for f in kiibohd.dfu.bin kiibohd.secure.dfu.bin kll.json generatedKeymap.h kll_defs.h; do
-			[ -f "${BUILD_DIR}/${side}/$f" ] && cp "${BUILD_DIR}/${side}/$f" "${BUILD_DIR}/${side}_$f"
+		cat "${RESULT}/.${side}/script.log" >> "$LOG"
+		for f in kiibohd.dfu.bin kiibohd.secure.dfu.bin kll.json; do
+			[ -f "${RESULT}/.${side}/$f" ] && mv -- "${RESULT}/.${side}/$f" "${RESULT}/${side}_$f"
 		done
+		for f in generatedKeymap.h kll_defs.h; do
+			[ -f "${RESULT}/.${side}/$f" ] && mv -- "${RESULT}/.${side}/$f" "${RESULT}/log/${side}_$f"
+		done
+		rm -rf "${RESULT:?}/.${side}"
 	done
-	cat "${BUILD_DIR}/left/build.log" "${BUILD_DIR}/right/build.log" > "${BUILD_DIR}/build.log"
 else
-	run_script "${script}" "${BUILD_DIR}"
+	build_one "$script" "$RESULT"
 	status=$?
+	cat "${RESULT}/script.log" >> "$LOG"
+	rm -f "${RESULT}/script.log"
+	for f in generatedKeymap.h kll_defs.h; do
+		[ -f "${RESULT}/$f" ] && mv -- "${RESULT}/$f" "${RESULT}/log/$f"
+	done
 fi
-echo "Build Result: ${status}"
+say "Build Result: ${status}"
 
 out="${zip_name}"
 [ "$status" -ne 0 ] && out="${zip_name%.zip}_error.zip"
 
-echo "------------------------"
-echo " @@@@@ Creating build zip ${out}"
-cd "${BUILD_DIR}" || exit 70
-mkdir -p kll log
-cp -- *.kll kll/
-mv -- *.log *.h log/ 2>/dev/null
+say "------------------------"
+say " @@@@@ Creating build zip ${out}"
+# The request's files under their own names (not layer-<n>), at the root and in kll/.
+cp -- "${inputs[@]}" "${RESULT}/"
+cp -- "${inputs[@]}" "${RESULT}/kll/"
+cp -- "${KLL_DIR}"/*.json "${RESULT}/" 2>/dev/null
+if [ "$status" -eq 0 ]; then
+	say " >>> Build Completed [OK]"
+else
+	say " >>> Build Completed [ERROR ${status}]"
+fi
+cd "${RESULT}" || exit 70
 # Written beside the final name and renamed, so a half-written zip is never seen.
 zip -q -r "${OUT_DIR}/.${out}.partial" -- *.kll *.dfu.bin *.json kll log \
 	&& mv -- "${OUT_DIR}/.${out}.partial" "${OUT_DIR}/${out}" \
 	|| { echo "could not write ${out}" >&2; [ "$status" -eq 0 ] && status=73; }
-
-if [ "$status" -eq 0 ]; then
-	echo " >>> Build Completed [OK]"
-else
-	echo " >>> Build Completed [ERROR ${status}]"
-fi
 exit "$status"

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiisrv import __version__, stats
+from kiisrv import __version__, canary, stats
 from kiisrv.artifacts import artifact_path
 from kiisrv.builder import Client
 from kiisrv.core import Kiisrv
@@ -171,6 +171,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def statistics() -> str:
         """Request statistics as plain text, as the reference server printed them."""
         return stats.render(server.storage)
+
+    @app.get("/compat")
+    async def compat() -> Response:
+        """The latest compatibility report of ``kiisrv canary``: layout x version."""
+        path = settings.data_dir / canary.REPORT_NAME
+        try:
+            content = await anyio.to_thread.run_sync(path.read_bytes)
+        except FileNotFoundError:
+            raise NotFound("no compatibility report yet: run `kiisrv canary`") from None
+        return Response(content, media_type="application/json")
 
     @app.get("/builds/{hash_}")
     async def build_status(hash_: str) -> dict[str, object]:

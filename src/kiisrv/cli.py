@@ -68,6 +68,76 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _canary(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import tempfile
+
+    from kiisrv import canary
+    from kiisrv.builder import Client
+
+    layouts_dir = args.layouts_dir or settings.layouts_dir
+    report_path = args.output or settings.data_dir / canary.REPORT_NAME
+
+    async def run(data_dir: Path) -> canary.Report:
+        # Its own data folder and instance name: a server running beside it keeps its
+        # builds, containers and statistics to itself.
+        server = Kiisrv(
+            replace(
+                settings,
+                data_dir=data_dir,
+                layouts_dir=layouts_dir,
+                instance=f"{settings.instance}-canary",
+                prune_interval=0,
+            )
+        )
+        await server.start()
+        try:
+            offered = await server.catalog.available()
+            versions = args.version or list(offered)
+            info = {
+                name: {
+                    "image": a.image,
+                    "image_id": a.image_id,
+                    "channel": a.version.channel,
+                    "tag": a.version.git_tag,
+                    "release": a.info.as_json() if a.info else None,
+                }
+                for name, a in offered.items()
+                if name in versions
+            }
+            client = Client(ip="canary", user_agent=f"kiisrv canary {__version__}")
+
+            async def submit(body: dict[str, object]) -> canary.Answer:
+                outcome = await server.builder.build(body, client)
+                return canary.Answer(
+                    outcome.success, outcome.cached, outcome.filename, outcome.job.error
+                )
+
+            def progress(r: canary.CaseResult) -> None:
+                detail = f"{r.seconds:.1f} s" if r.outcome == "built" else r.error
+                print(f"{r.outcome:8} {r.layout} @ {r.version}: {detail}", flush=True)
+
+            return await canary.run(
+                submit,
+                server.settings.builds_dir,
+                canary.layout_files(layouts_dir),
+                versions,
+                info,
+                progress,
+            )
+        finally:
+            await server.stop()
+
+    with tempfile.TemporaryDirectory(prefix="kiisrv-canary-") as tmp:
+        report = asyncio.run(run(Path(tmp)))
+    json_path, md_path = canary.write(report, report_path)
+    s = report.summary()
+    print(
+        f"{s['built']} built, {s['refused']} refused, {s['failed']} failed: {json_path}, {md_path}"
+    )
+    return 1 if s["failed"] else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiisrv", description="Input Club firmware build server")
     p.add_argument("--version", action="version", version=f"kiisrv {__version__}")
@@ -92,6 +162,27 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-bytes", type=int, default=None)
     pr.add_argument("--dry-run", action="store_true", help="only say what would go")
     pr.set_defaults(func=_prune)
+
+    can = sub.add_parser(
+        "canary", help="build every layout against every version; write the compatibility report"
+    )
+    can.add_argument(
+        "--version",
+        action="append",
+        default=None,
+        help="a version to build (repeat; default: every offered version)",
+    )
+    can.add_argument(
+        "--layouts-dir", type=Path, default=None, help="layouts (default: KIISRV_LAYOUTS_DIR)"
+    )
+    can.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="report JSON; the Markdown table goes beside it (default: <data dir>/compat.json)",
+    )
+    can.set_defaults(func=_canary)
 
     lay = sub.add_parser("layouts", help="manage the layouts folder")
     lay_sub = lay.add_subparsers(dest="layouts_command", required=True)

@@ -204,14 +204,42 @@ def generate(layout: Layout, base: Layout, lts: bool) -> list[KllFile]:
     return files
 
 
+# Keys that switch layers: FUNCTION1, LOCK2, LATCH3 (stdFuncMap), or a raw action such
+# as `#:layerShift(1)`.
+_LAYER_KEY = re.compile(r"^(FUNCTION|LOCK|LATCH)\d+$|^#:.*layer", re.IGNORECASE)
+# PartialMapsExpandedOverride that names no map: an empty one would make the keyboard
+# script use its own stock layers.
+NO_PARTIAL_MAPS = ";"
+
+
+def reaches_other_layers(layout: Layout) -> bool:
+    return any(
+        _LAYER_KEY.search(action.key)
+        for key in layout.matrix
+        for number, action in key.layers.items()
+        if number == 0
+    )
+
+
 def build_params(layout: Layout, files: list[KllFile]) -> BuildParams:
+    """The environment of a build (BUILD_CONTRACT.md).
+
+    A one-layer layout keeps the keyboard's stock layers (the script's own PartialMaps)
+    when its layer 0 can switch to them: the Configurator's Blank layouts put FUNCTION1
+    on layer 0 and rely on the stock Fn layer. When nothing can reach them they are left
+    out, which changes nothing a user can press, and lets KType-Base build on v0.5.7,
+    whose stock layers use animations that only KType's stock layer 0 defines.
+    """
     name = board_name(layout).lower()
     extra_map = "infinity_ergodox/lcdFuncMap" if name == "mdergo1" else "stdFuncMap"
     stems = [f.stem for f in files]
+    partial = ";".join(stems[1:])
+    if len(stems) == 1 and not reaches_other_layers(layout):
+        partial = NO_PARTIAL_MAPS
     return BuildParams(
         script=build_script(layout),
         split=name in SPLIT_KEYBOARDS,
         default_map=" ".join([extra_map, *stems[:1]]),
-        partial_maps=";".join(stems[1:]),
+        partial_maps=partial,
         layout=sanitise(layout.header.Variant),
     )

@@ -73,7 +73,13 @@ async def test_a_build_end_to_end(
     } <= names
     assert z.read("kiibohd.dfu.bin").startswith(b"KIISRV TEST DOUBLE FIRMWARE")
     assert json.loads(z.read("KType-Mine.json")) == config
-    assert b"maps KType-Mine-0 KType-Mine-1 with Layout='test'" in z.read("log/build.log")
+    log = z.read("log/build.log")
+    assert log.startswith(b" ========== STARTING BUILD ========== \n @@@@@ Script=k-type.bash")
+    assert b"@@@@@ Maps=stdFuncMap layer-0|layer-1" in log  # the request's maps, renamed
+    assert b"@@@@@ Build=warm from /warm/k-type/2" in log  # the image's warm tree
+    assert b"kll (test double): maps layer-0 layer-1" in log
+    assert b"configuring" not in log  # ninja alone: no configure step
+    assert "compile_commands.json" not in names
     assert b"uid 1000, gid 1000, root filesystem writable" in z.read("log/build.log")
     assert b"ccache writable" in z.read("log/build.log")  # a fresh volume takes the image's mode
     assert z.read("KType-Mine-0.kll").startswith(b'Name = "KType";')
@@ -130,8 +136,11 @@ async def test_split_board_builds_both_halves(dclient: httpx.AsyncClient) -> Non
         "MDErgo1-Split-1.kll",
     } <= names
     log = z.read("log/build.log")
-    assert b"ergodox-l.bash (test double): maps MDErgo1-Split-0 MDErgo1-Split-1" in log
-    assert b"ergodox-r.bash (test double): done" in log
+    assert b"Build=warm from /warm/ergodox-l/2" in log
+    assert b"Build=warm from /warm/ergodox-r/2" in log
+    assert b"ergodox-l.bash (test double): uid" in log
+    assert b"ergodox-r.bash (test double): uid" in log
+    assert z.read("left_kiibohd.dfu.bin") == z.read("right_kiibohd.dfu.bin")
 
 
 async def test_lts_uses_the_lts_image_and_rules(
@@ -228,11 +237,11 @@ async def test_status_and_log_while_running(dclient: httpx.AsyncClient) -> None:
         if "sleeping 3s as asked" in live:
             break
         await asyncio.sleep(0.1)
-    assert "sleeping 3s as asked" in live and "done" not in live  # output so far
+    assert "sleeping 3s as asked" in live and "Build Completed" not in live  # output so far
     assert (await task).status_code == 200
     assert (await dclient.get(f"/builds/{hash_}")).json()["state"] == "succeeded"
     final = (await dclient.get(f"/builds/{hash_}/log")).text
-    assert "k-type.bash (test double): done" in final
+    assert "Build Completed [OK]" in final
     assert (await dclient.get("/builds/" + "0" * 32 + "/log")).status_code == 404
 
 

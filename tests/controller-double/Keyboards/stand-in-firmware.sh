@@ -1,0 +1,21 @@
+#!/bin/bash
+# TEST DOUBLE of compiling and linking: the firmware names what it was built from.
+set -euo pipefail
+me="$1"
+if touch /controller/.kiisrv-write-test 2>/dev/null; then rootfs=writable; else rootfs=read-only; fi
+echo "$me (test double): uid $(id -u), gid $(id -g), root filesystem $rootfs"
+if [ -n "${CCACHE_DISABLE:-}" ]; then
+	echo "$me (test double): ccache disabled"
+else
+	touch "$CCACHE_DIR/.kiisrv-test-double" || { echo "ccache is on but $CCACHE_DIR is not writable" >&2; exit 1; }
+	echo "$me (test double): ccache writable"
+fi
+{
+	echo "KIISRV TEST DOUBLE FIRMWARE - not a real image"
+	sha256sum < generatedKeymap.h
+	echo "build date: $(date "+%Y-%m-%d %T %z")"
+} > kiibohd.dfu.bin
+pad_kb="$(grep -ho 'KIISRV_TEST_OUTPUT_KB=[0-9]*' generatedKeymap.h | head -n1 | cut -d= -f2 || true)"
+if [ -n "$pad_kb" ]; then  # incompressible padding, for disk-full tests
+	head -c "$((pad_kb * 1024))" /dev/urandom >> kiibohd.dfu.bin
+fi

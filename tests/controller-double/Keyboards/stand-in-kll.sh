@@ -1,0 +1,22 @@
+#!/bin/bash
+# TEST DOUBLE of the KLL compiler step: the generated headers are the layers' text, so
+# a firmware built from stale headers shows it. Also fails, sleeps or pads on demand.
+set -euo pipefail
+fail() { echo "kll (test double): $*" >&2; exit 1; }
+if [ -z "${KIISRV_WARMING:-}" ]; then  # image builds have a network; requests must not
+	for f in /sys/class/net/*; do
+		[ "$(basename "$f")" = "lo" ] || fail "the build container has a network interface: $(basename "$f")"
+	done
+fi
+sleep_for="$(grep -ho 'KIISRV_TEST_SLEEP=[0-9]*' "$@" | head -n1 | cut -d= -f2 || true)"
+if [ -n "$sleep_for" ]; then
+	echo "kll (test double): sleeping ${sleep_for}s as asked"
+	sleep "$sleep_for"
+fi
+if grep -q KIISRV_TEST_FAIL "$@"; then
+	fail "error: failing as asked by KIISRV_TEST_FAIL"
+fi
+echo "kll (test double): maps ${*%.kll}"
+cat "$@" > generatedKeymap.h
+echo "/* test double: $# layers */" > kll_defs.h
+printf '{"test_double": true, "layers": %d}\n' "$#" > kll.json
