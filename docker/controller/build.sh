@@ -62,6 +62,17 @@ inputs=("${KLL_DIR}"/*.kll)
 canonical_maps "$KLL_DIR"
 say " @@@@@ Maps=${MAPS}"
 
+now_ms() { date +%s%3N; }
+
+# ninja_phases <.ninja_log> <lines before this build>: where this build's time went.
+ninja_phases() {
+	tail -n "+$(($2 + 1))" "$1" | awk -F'\t' '
+		$4 ~ /generatedKeymap\.h$/ { kll = $2 - $1 }
+		$4 ~ /\.obj$/ { n++; if (!s || $1 < s) s = $1; if ($2 > e) e = $2 }
+		$4 ~ /\.elf$/ { link = $2 - $1 }
+		END { printf " @@@@@ Phases: kll %d ms, %d compiles in %d ms, link %d ms\n", kll, n, e - s, link }'
+}
+
 build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixed folder
 	local script="$1" out="$2" stem="${1%.bash}" how=cold tree="" cand src status
 	local dir="${BUILD_ROOT}/${stem}"
@@ -74,6 +85,8 @@ build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixe
 			fi
 		done
 	fi
+	local t0 logged=0
+	t0="$(now_ms)"
 	mkdir -p "$dir"
 	[ -n "$tree" ] && cp -a "${tree}." "$dir/"
 	rm -f "$dir"/layer-*.kll
@@ -82,9 +95,12 @@ build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixe
 		cp -- "${KLL_DIR}/${src}.kll" "${dir}/${CANON[$src]}.kll"
 	done
 	echo " @@@@@ Build=${how}${tree:+ from ${tree%/}} in ${dir}" | tee "${out}/script.log"
+	echo " @@@@@ Prepared in $(($(now_ms) - t0)) ms" | tee -a "${out}/script.log"
 	if [ "$how" = warm ]; then
+		[ -f "${dir}/.ninja_log" ] && logged="$(wc -l < "${dir}/.ninja_log")"
 		(cd "$dir" && ninja) 2>&1 | tee -a "${out}/script.log"
 		status="${PIPESTATUS[0]}"
+		ninja_phases "${dir}/.ninja_log" "$logged" | tee -a "${out}/script.log"
 	else
 		(cd "${CONTROLLER_DIR}/Keyboards" \
 			&& DefaultMapOverride="$CANON_DEFAULT" PartialMapsExpandedOverride="$CANON_PARTIAL" \

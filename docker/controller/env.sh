@@ -18,6 +18,10 @@ export PATH="/usr/local/lib/kiisrv/bin:/usr/lib/ccache:${VIRTUAL_ENV}/bin:${PATH
 KIISRV_BUILD_DATE="$(sed -n 's/.*"date": *"\([^"]*\)".*/\1/p' "${CONTROLLER_DIR}/kiisrv-version.json" 2>/dev/null)"
 export KIISRV_BUILD_DATE
 
+# The KLL compiler through kiisrv's wrapper (bin/kll): cached probes, and unchanged
+# generated headers keep their timestamps. The keyboard scripts pass CMakeExtraArgs on.
+export CMakeExtraArgs="-DKLL_EXECUTABLE=/usr/local/lib/kiisrv/bin/kll -DKLL_WORKING_DIRECTORY=${CONTROLLER_DIR}"
+
 # The KLL compiler finds its layout cache as /tmp/*hid-io-layouts*.
 link_kll_cache() {
 	local f

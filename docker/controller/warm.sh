@@ -18,6 +18,13 @@ mkdir -p "$CCACHE_DIR"
 link_kll_cache
 layers="$(mktemp -d)"
 stock_dir="$(python3 -m kll --path 2>/dev/null || true)/layouts"
+# What bin/kll answers to CMake's probes, recorded once (the compiler does not change).
+mkdir -p "${WARM_DIR}/kll-probes"
+(cd "$CONTROLLER_DIR" \
+	&& python3 -m kll --version > "${WARM_DIR}/kll-probes/version" \
+	&& python3 -m kll --path > "${WARM_DIR}/kll-probes/path" \
+	&& python3 -m kll --layout-cache-path > "${WARM_DIR}/kll-probes/layout-cache-path") \
+	|| rm -rf "${WARM_DIR}/kll-probes"
 
 # stock_layer <script> <n> <function map>: the keyboard's own layer n (its DefaultMap or
 # PartialMaps[n] files, as the script names them), so the warm tree is configured like a

@@ -1,0 +1,191 @@
+"""Real firmware builds over real HTTP: request to zip, before and after warm trees.
+
+    .venv/bin/python bench/bench_real.py --layouts ../shared/conformance/layouts \\
+        [--before kiisrv-controller-057:cold] [--after kiisrv-controller-057:latest] \\
+        [--out bench/results-real.md]
+
+Needs real controller images (docker/controller/Dockerfile; not in CI, which cannot
+reach GitHub). ``--before`` is an image built without warm trees (``--build-arg
+WARM_SCRIPTS=`` gives one, or an image of an older kiisrv) run with the old default of a
+1-CPU quota; ``--after`` the image under test with the new default (no quota, CPU
+shares). Each figure is a layout never built before: every request changes one key of
+the layout, so no build is a cache hit. Both servers run side by side in one run,
+taking turns, so the machine's drift hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import io
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+
+KEYS = ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N", "O", "P"]
+
+
+def variant(doc: dict[str, Any], i: int) -> dict[str, Any]:
+    """The layout with one ordinary key changed: a build nobody asked for before."""
+    out = copy.deepcopy(doc)
+    key = out["matrix"][10 + i // len(KEYS)]
+    key["layers"]["0"] = {**key["layers"]["0"], "key": KEYS[i % len(KEYS)]}
+    out["header"]["Author"] = f"bench {time.time_ns()}"
+    return out
+
+
+@asynccontextmanager
+async def server(
+    image: str, layouts: Path, cpus: str, name: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    repo, _, tag = image.partition(":")
+    prefix = repo.rsplit("controller-", 1)[0]
+    data = Path(tempfile.mkdtemp(prefix=f"kiisrv-bench-{name}-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "KIISRV_HOST": "127.0.0.1",
+        "KIISRV_PORT": str(port),
+        "KIISRV_DATA_DIR": str(data),
+        "KIISRV_LAYOUTS_DIR": str(layouts),
+        "KIISRV_IMAGE_PREFIX": prefix,
+        "KIISRV_IMAGE_TAG": tag or "latest",
+        "KIISRV_INSTANCE": f"kiisrvbench{name}",
+        "KIISRV_CCACHE_VOLUME": f"kiisrvbench{name}-ccache",
+        "KIISRV_BUILD_CPUS": cpus,
+        "KIISRV_MAX_BUILDS": "10",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiisrv", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=900) as http:
+            for _ in range(100):
+                try:
+                    await http.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            yield http
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        client = docker.DockerClient(version="auto")
+        for c in client.containers.list(
+            all=True, filters={"label": f"io.kiisrv.instance=kiisrvbench{name}"}
+        ):
+            c.remove(force=True)
+        with suppress(docker.errors.NotFound):
+            client.volumes.get(f"kiisrvbench{name}-ccache").remove(force=True)
+
+
+async def build(http: httpx.AsyncClient, doc: dict[str, Any]) -> tuple[float, str]:
+    """Seconds from request to zip downloaded, and the build log."""
+    t = time.perf_counter()
+    r = await http.post("/", json={"config": doc, "env": "latest"})
+    assert r.status_code == 200, r.text[-2000:]
+    name = r.json()["filename"].rsplit("/", 1)[1]
+    z = await http.get(f"/tmp/{name}")
+    took = time.perf_counter() - t
+    with zipfile.ZipFile(io.BytesIO(z.content)) as zf:
+        log = zf.read("log/build.log").decode("utf-8", "replace")
+    return took, log
+
+
+def med(values: list[float]) -> str:
+    return (
+        f"median {statistics.median(values):.2f} s "
+        f"(min {min(values):.2f}, max {max(values):.2f}, n={len(values)})"
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    ktype = json.loads((args.layouts / "KType-Standard.json").read_bytes())
+    ergo = json.loads((args.layouts / "MDErgo1-Default.json").read_bytes())
+    lines: list[str] = []
+
+    def report(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    async with (
+        server(args.before, args.layouts, "1", "before") as before,
+        server(args.after, args.layouts, "0", "after") as after,
+    ):
+        # Warm-up: the first build of each server fills its ccache volume.
+        await build(before, variant(ktype, 0))
+        await build(after, variant(ktype, 0))
+        times: dict[str, list[float]] = {"before": [], "after": []}
+        phases: list[str] = []
+        for i in range(1, args.runs + 1):
+            for label, http in (("before", before), ("after", after)):
+                took, log = await build(http, variant(ktype, i))
+                times[label].append(took)
+                if label == "after":
+                    phases += re.findall(r"@@@@@ (?:Prepared|Phases).*", log)
+        report(
+            f"- KType-Standard, request to zip, before (1-CPU quota, no warm tree): {med(times['before'])}"
+        )
+        report(
+            f"- KType-Standard, request to zip, after (warm tree, CPU shares): {med(times['after'])}"
+        )
+        report(
+            f"- ratio after/before: {statistics.median(times['after']) / statistics.median(times['before']):.2f}"
+        )
+        report("- phases inside the container (after), last run: " + "; ".join(phases[-2:]))
+
+        ergo_times = [(await build(after, variant(ergo, i)))[0] for i in range(1, args.runs + 1)]
+        report(f"- MDErgo1-Default (split, both halves), after: {med(ergo_times)}")
+
+        docs = [variant(ktype, 100 + i) for i in range(10)]
+        t = time.perf_counter()
+        for d in docs:
+            await build(after, d)
+        sequential = time.perf_counter() - t
+        docs = [variant(ktype, 200 + i) for i in range(10)]
+        t = time.perf_counter()
+        results = await asyncio.gather(*(build(after, d) for d in docs))
+        together = time.perf_counter() - t
+        report(
+            f"- 10 distinct KType builds, after: one after another {sequential:.1f} s; "
+            f"all at once {together:.1f} s ({len(results)} succeeded)"
+        )
+
+    if args.out:
+        header = (
+            "# Real firmware build benchmarks\n\n"
+            f"Command: `.venv/bin/python bench/bench_real.py --layouts {args.layouts} "
+            f"--before {args.before} --after {args.after} --runs {args.runs} --out {args.out}`\n"
+            f"Machine: {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d')}.\n\n"
+        )
+        args.out.write_text(header + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--layouts", type=Path, required=True)
+    p.add_argument("--before", default="kiisrv-controller-057:cold")
+    p.add_argument("--after", default="kiisrv-controller-057:latest")
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--out", type=Path, default=None)
+    asyncio.run(main(p.parse_args()))
