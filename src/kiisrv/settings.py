@@ -123,6 +123,9 @@ class Settings:
         metadata=_env("KIISRV_MAX_BODY", "Largest request body accepted, in bytes."),
     )
 
+    def replace(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
     @property
     def config_dir(self) -> Path:
         return self.data_dir / "config"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -12,10 +11,16 @@ from docker import DockerClient
 
 from kiisrv.engine import Engine
 from kiisrv.settings import Settings
-from tests.conftest import _client
-from tests.docker.conftest import Events
-from tests.docker.test_http import free_port
-from tests.helpers import REPO, TEST_IMAGE_PREFIX, ktype, request, wait_for_http
+from tests.helpers import (
+    REPO,
+    TEST_IMAGE_PREFIX,
+    Events,
+    app_client,
+    free_port,
+    ktype,
+    request,
+    wait_for_http,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +86,9 @@ def test_a_build_through_the_proxy(
     proxy: str, docker_settings: Settings, build_containers: Events
 ) -> None:
     async def build() -> int:
-        async for client in _client(
-            replace(docker_settings, docker_url=proxy.replace("http://", "tcp://"))
-        ):
+        async with app_client(
+            docker_settings.replace(docker_url=proxy.replace("http://", "tcp://"))
+        ) as client:
             r = await client.post("/", json=request(ktype()))
             return r.status_code
         return 0
