@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kiisrv import core
 from kiisrv.engine import Engine
 from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
@@ -109,16 +110,16 @@ async def test_the_pruner_survives_a_storage_error_and_stop_still_shuts_down(
 ) -> None:
     """#8.5: one failed prune is logged; the next runs; stop() does not re-raise it."""
     calls = 0
-    unfinished = Storage.unfinished
+    real_prune = core.prune
 
-    def flaky(self: Storage) -> list[str]:
+    def flaky(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise StorageError("the server cannot use its database: database is locked")
-        return unfinished(self)
+        return real_prune(*args, **kwargs)
 
-    monkeypatch.setattr(Storage, "unfinished", flaky)
+    monkeypatch.setattr(core, "prune", flaky)
 
     async def count() -> int:
         return calls

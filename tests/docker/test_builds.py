@@ -24,6 +24,7 @@ from tests.helpers import (
     TEST_IMAGE_PREFIX,
     Events,
     app_client,
+    eventually,
     ktype,
     mdergo1,
     request,
@@ -84,6 +85,7 @@ async def test_a_build_end_to_end(
     assert z.read("KType-Mine-0.kll").startswith(b'Name = "KType";')
     assert len(build_containers.created()) == 1
     assert build_containers.running() == []  # removed after the build
+    await dclient.get("/stats")  # rows are written in batches; /stats flushes them
     rows = requests_rows(docker_settings)
     assert rows[0][:8] == ("203.0.113.7", "Linux", 0, "KType", "Mine", 2, "controller-057", 1)
     assert rows[0][8] is not None
@@ -98,6 +100,7 @@ async def test_a_build_end_to_end(
     again = await dclient.post("/", content=reordered, headers={"Content-Type": "application/json"})
     assert again.json() == body
     assert len(build_containers.created()) == 1
+    await dclient.get("/stats")
     assert requests_rows(docker_settings)[1][8] is None  # a reused result has no duration
 
 
@@ -216,17 +219,13 @@ async def test_status_and_log_while_running(dclient: httpx.AsyncClient) -> None:
     body = request(ktype(custom="# KIISRV_TEST_SLEEP=3"))
     task = asyncio.create_task(dclient.post("/", json=body))
     server = dclient.app.state.kiisrv  # type: ignore[attr-defined]
-    for _ in range(50):
-        await asyncio.sleep(0.1)
-        if server.builder._jobs:
-            break
-    (hash_,) = list(server.builder._jobs)
-    for _ in range(50):
-        state = (await dclient.get(f"/builds/{hash_}")).json()["state"]
-        if state == "running":
-            break
-        await asyncio.sleep(0.1)
-    assert state == "running"
+    hash_ = (await server.plan(body)).job.hash
+
+    async def state() -> str:
+        r = await dclient.get(f"/builds/{hash_}")
+        return str(r.json()["state"]) if r.status_code == 200 else "unknown"
+
+    assert await eventually(state, lambda s: s == "running") == "running"
     live = ""
     for _ in range(50):
         live = (await dclient.get(f"/builds/{hash_}/log")).text

@@ -63,6 +63,7 @@ def proxy(docker_client: DockerClient) -> Iterator[str]:
         ("POST", "/v1.41/networks/create"),
         ("GET", "/v1.41/swarm"),
         ("GET", "/v1.41/containers/json/../../info"),
+        ("GET", "/v1.41/containers/abc/archive?path=/controller"),
     ],
 )
 def test_refused(proxy: str, method: str, path: str) -> None:
@@ -71,15 +72,16 @@ def test_refused(proxy: str, method: str, path: str) -> None:
 
 
 def test_the_engine_class_works_through_it(proxy: str, controller_image: str) -> None:
-    engine = Engine(proxy.replace("http://", "tcp://"), timeout=30)
-    assert engine.ping()
-    images = engine.images()
-    assert f"{TEST_IMAGE_PREFIX}controller-057:latest" in images
-    version = engine.read_file(
-        f"{TEST_IMAGE_PREFIX}controller-057:latest", "/controller/kiisrv-version.json"
-    )
-    assert version is not None and b'"tag"' in version
-    assert isinstance(engine.containers("kiisrvtest-none"), list)
+    async def check() -> None:
+        engine = Engine(proxy.replace("http://", "tcp://"), timeout=30)
+        assert await engine.ping()
+        images = await engine.images()
+        image = images[f"{TEST_IMAGE_PREFIX}controller-057:latest"]
+        assert image.labels["io.kiisrv.release.tag"] == "v0.0.0-test"  # no archive call
+        assert isinstance(await engine.containers("kiisrvtest-none"), list)
+        engine.close()
+
+    asyncio.run(check())
 
 
 def test_a_build_through_the_proxy(

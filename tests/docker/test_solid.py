@@ -205,4 +205,9 @@ async def test_release_details_come_from_image_labels_without_a_container(
     assert versions["lts"]["notes"].endswith("/v0.0.0-test")
     for container in ("controller-057", "controller-050"):
         image = f"{TEST_IMAGE_PREFIX}{container}:latest"
-        assert build_containers.created(image=image) == [], "a container was made to read"
+        readers = [
+            e
+            for e in build_containers.created(image=image)
+            if "io.kiisrv.instance" not in e["Actor"]["Attributes"]  # not a build
+        ]
+        assert readers == [], "a container was made to read the image"
