@@ -195,7 +195,7 @@ def build_test_image(client: Any, context: Path) -> str:
     """The test double, from a copy of the build context (plus an extra CA when given).
 
     Built twice: the second build only adds the release labels, read from the file
-    the first one wrote (docker/controller/label-args.sh does the same for real images).
+    the first one wrote (docker/controller/label.sh does the same for real images).
     """
     shutil.copytree(REPO / "docker", context / "docker")
     shutil.copytree(
