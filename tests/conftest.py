@@ -8,9 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kiisrv.app import create_app
 from kiisrv.settings import Settings
-from tests.helpers import FIXTURE_LAYOUTS, TEST_IMAGE_PREFIX, TEST_PREFIX
+from tests.helpers import FIXTURE_LAYOUTS, TEST_IMAGE_PREFIX, TEST_PREFIX, app_client
 
 
 @pytest.fixture
@@ -34,18 +33,7 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://kiisrv.test", timeout=120
-        ) as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
-
-
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(settings):
+    async with app_client(settings) as c:
         yield c

@@ -1,12 +1,30 @@
-"""Small layouts written for the tests, and where the shared reference data lives."""
+"""What the tests share: small layouts, the shared reference data, ways to run a server.
+
+Tests import from here only, never from conftest or from each other.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import httpx
+
+from kiisrv.app import create_app
+from kiisrv.settings import Settings
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_LAYOUTS = REPO / "tests" / "fixtures" / "layouts"
@@ -20,6 +38,9 @@ TEST_IMAGE_PREFIX = os.environ.get("KIISRV_TEST_IMAGE_PREFIX", "kiisrv-testdoubl
 
 # What the Configurator's download parser expects of `filename` (API.md).
 CLIENT_FILENAME_RE = r"^\./[^/]+/+([A-Za-z0-9_.-]+)-([A-Za-z0-9_.-]+)-([0-9A-Fa-f]+)(_error)?"
+
+TEST_CONTAINERS = ("controller-057", "controller-050")
+EXTRA_CA = os.environ.get("KIISRV_TEST_EXTRA_CA")  # a CA bundle the image build must trust
 
 
 def wait_for_http(url: str, attempts: int = 100) -> bool:
@@ -91,3 +112,158 @@ def mdergo1() -> dict[str, Any]:
 
 def request(config: dict[str, Any], env: str = "latest") -> dict[str, Any]:
     return {"config": copy.deepcopy(config), "env": env}
+
+
+# -- running a server ----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process, started and stopped as uvicorn would, behind an httpx client."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://kiisrv.test", timeout=120
+        ) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Live:
+    base: str
+    pid: int
+
+
+@contextmanager
+def serve(settings: Settings, log: Path, **env_extra: str) -> Iterator[Live]:
+    """``kiisrv serve`` in a subprocess, configured by the environment like production."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KIISRV_HOST": "127.0.0.1",
+        "KIISRV_PORT": str(port),
+        "KIISRV_DATA_DIR": str(settings.data_dir),
+        "KIISRV_LAYOUTS_DIR": str(settings.layouts_dir),
+        "KIISRV_IMAGE_PREFIX": settings.image_prefix,
+        "KIISRV_INSTANCE": settings.instance,
+        "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
+        **env_extra,
+    }
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiisrv", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_for_http(f"{base}/healthz"):
+            raise AssertionError(f"server did not start:\n{log.read_text()}")
+        yield Live(base, proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    until: Callable[[T], bool] = bool,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+) -> T:
+    """Polls ``probe`` until ``until(value)`` holds; the last value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout} s")
+        await asyncio.sleep(interval)
+
+
+# -- Docker ----------------------------------------------------------------------------
+
+
+def build_test_image(client: Any, context: Path) -> str:
+    """The test double, from a copy of the build context (plus an extra CA when given).
+
+    Built twice: the second build only adds the release labels, read from the file
+    the first one wrote (docker/controller/label.sh does the same for real images).
+    """
+    shutil.copytree(REPO / "docker", context / "docker")
+    shutil.copytree(
+        REPO / "tests" / "controller-double", context / "tests" / "controller-double", symlinks=True
+    )
+    if EXTRA_CA:
+        shutil.copy(EXTRA_CA, context / "docker" / "extra-ca" / "extra.crt")
+    tag = f"{TEST_IMAGE_PREFIX}{TEST_CONTAINERS[0]}:latest"
+
+    def build(**labels: str) -> Any:
+        image, _ = client.images.build(
+            path=str(context),
+            dockerfile="docker/controller/Dockerfile",
+            target="test-double",
+            buildargs={"TOOLCHAIN_PACKAGES": "", **labels},
+            tag=tag,
+            rm=True,
+            forcerm=True,
+        )
+        return image
+
+    image = build()
+    raw = client.containers.run(
+        image.id, entrypoint=["cat", "/controller/kiisrv-version.json"], remove=True
+    )
+    image = build(**release_build_args(raw))
+    for container in TEST_CONTAINERS[1:]:
+        image.tag(f"{TEST_IMAGE_PREFIX}{container}", "latest")
+    return str(image.id)
+
+
+def release_build_args(raw: bytes) -> dict[str, str]:
+    import json
+
+    data = json.loads(raw)
+    return {
+        "KIISRV_RELEASE_TAG": str(data["tag"]),
+        "KIISRV_RELEASE_COMMIT": str(data["commit"]),
+        "KIISRV_RELEASE_DATE": str(data["date"]),
+        "KIISRV_RELEASE_HASH": str(data["hash"]),
+    }
+
+
+class Events:
+    """This test's build containers, as the daemon saw them."""
+
+    def __init__(self, client: Any, instance: str) -> None:
+        self.client = client
+        self.instance = instance
+        self.since = time.time() - 1
+
+    def created(self, **filters: str) -> list[dict[str, Any]]:
+        """Containers created since the start; by default this instance's builds."""
+        stream = self.client.events(
+            since=int(self.since),
+            until=int(time.time()) + 1,
+            decode=True,
+            filters={
+                "type": "container",
+                "event": "create",
+                **(filters or {"label": f"io.kiisrv.instance={self.instance}"}),
+            },
+        )
+        return list(stream)
+
+    def running(self) -> list[Any]:
+        return list(
+            self.client.containers.list(
+                all=True, filters={"label": f"io.kiisrv.instance={self.instance}"}
+            )
+        )

@@ -7,15 +7,13 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
 from kiisrv.settings import Settings
-from tests.conftest import _client
-from tests.helpers import FIXTURE_LAYOUTS, ktype, request
+from tests.helpers import FIXTURE_LAYOUTS, app_client, ktype, request
 
 pytestmark = pytest.mark.anyio
 
@@ -72,7 +70,7 @@ async def test_bad_builds_get_4xx_and_change_nothing(
 
 
 async def test_body_over_the_limit_is_413(tmp_path: Path, settings: Settings) -> None:
-    async for client in _client(replace(settings, max_body_bytes=1000)):
+    async with app_client(settings.replace(max_body_bytes=1000)) as client:
         assert_error(await client.post("/", content=b" " * 2000), 413, "larger than 1000")
 
         async def chunks():  # no content-length: counted while streaming
@@ -139,7 +137,7 @@ async def test_symlinks_out_of_the_folders_are_not_followed(
     secret.write_text('{"secret": true}')
     (layouts / "Evil.json").symlink_to(secret)
     (layouts / "Good-Alias.json").symlink_to("KType-TestBase.json")
-    async for client in _client(replace(settings, layouts_dir=layouts)):
+    async with app_client(settings.replace(layouts_dir=layouts)) as client:
         assert_error(await client.get("/layouts/Evil.json"), 404)
         assert (await client.get("/layouts/Good-Alias.json")).status_code == 200
         (settings.builds_dir / "Evil.zip").symlink_to(secret)
@@ -170,7 +168,7 @@ async def test_layout_revisions_from_a_git_checkout(tmp_path: Path, settings: Se
     old = (layouts / "KType-TestBase.json").read_bytes()
     (layouts / "KType-TestBase.json").write_text('{"changed": true}')
     git("commit", "-qam", "two")
-    async for client in _client(replace(settings, layouts_dir=layouts)):
+    async with app_client(settings.replace(layouts_dir=layouts)) as client:
         assert (await client.get("/layouts/KType-TestBase.json")).json() == {"changed": True}
         assert (await client.get("/layouts/KType-TestBase.json?rev=HEAD~1")).content == old
         assert (await client.get("/layouts/K-Type-TestBase.json?rev=HEAD~1")).content == old

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kiisrv import kll
-from kiisrv.builder import request_hash
 from kiisrv.catalog import Available
 from kiisrv.errors import InvalidLayout
 from kiisrv.layout import parse_layout, parse_request
+from kiisrv.planner import request_hash
 from kiisrv.versions import Version
 from tests.helpers import FIXTURE_LAYOUTS, header
 

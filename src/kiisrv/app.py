@@ -1,7 +1,8 @@
 """The HTTP API (shared/spec/API.md), unchanged for deployed Configurators.
 
 Errors are raised as kiisrv types everywhere below; this module is the one place that
-turns them, and the framework's own errors, into ``{"error": ...}`` JSON.
+turns them, and the framework's own errors, into ``{"error": ...}`` JSON. It is also
+where a request's statistics are taken (who asked, from what), since only HTTP knows.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiisrv import __version__, canary, stats
 from kiisrv.artifacts import artifact_path
-from kiisrv.builder import Client
-from kiisrv.core import Kiisrv
+from kiisrv.core import Kiisrv, Outcome
 from kiisrv.errors import (
     BuildFailed,
     InvalidLayout,
@@ -34,8 +34,50 @@ from kiisrv.errors import (
 )
 from kiisrv.layout import request_schema
 from kiisrv.settings import Settings
+from kiisrv.storage import RequestRecord, now
 
 _HASH_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def client_os(user_agent: str) -> str:
+    ua = user_agent.lower()
+    if "windows" in ua:
+        return "Windows"
+    if "mac" in ua:
+        return "Mac"
+    if "linux" in ua or "x11" in ua:
+        return "Linux"
+    return "Unknown"
+
+
+def request_record(request: Request, outcome: Outcome, received: Any) -> RequestRecord:
+    """The Requests row of one answered build request (the reference's columns)."""
+    user_agent = request.headers.get("user-agent", "")
+    return RequestRecord(
+        ip_addr=request.client.host if request.client else "",
+        os=client_os(user_agent),
+        web="electron" not in user_agent.lower(),
+        hash=outcome.job.hash,
+        board=outcome.board,
+        variant=outcome.variant,
+        layers=outcome.layers,
+        container=outcome.container,
+        success=outcome.success,
+        request_time=received,
+        build_duration=outcome.duration_ms,
+    )
+
+
+def parse_body(raw: bytes) -> Any:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidLayout(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidLayout("the body is nested too deeply to be a layout") from None
+    if not isinstance(body, dict):
+        raise InvalidLayout('the body must be a JSON object {"config": ..., "env": ...}')
+    return body
 
 
 def error_response(
@@ -118,18 +160,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def build(request: Request) -> JSONResponse:
         """Build firmware for a layout; blocks until the zip is ready."""
+        received = now()
         raw = await request.body()
+        body = parse_body(raw)
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidLayout(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidLayout('the body must be a JSON object {"config": ..., "env": ...}')
-        client = Client(
-            ip=request.client.host if request.client else "",
-            user_agent=request.headers.get("user-agent", ""),
-        )
-        outcome = await server.builder.build(body, client)
+            outcome = await server.build(body, raw)
+        except RecursionError:  # nested deep inside an otherwise parsed body
+            raise InvalidLayout("the body is nested too deeply to be a layout") from None
+        server.stats.record(request_record(request, outcome, received))
         if not outcome.success and outcome.job.retry_later:
             raise Unavailable(
                 outcome.job.error or "the build could not run",
@@ -170,7 +208,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/stats", response_class=PlainTextResponse)
     async def statistics() -> str:
         """Request statistics as plain text, as the reference server printed them."""
-        return stats.render(server.storage)
+        await server.stats.flush()
+        return await stats.render(server.storage)
 
     @app.get("/compat")
     async def compat() -> Response:
@@ -185,7 +224,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/builds/{hash_}")
     async def build_status(hash_: str) -> dict[str, object]:
         """The state of one build (queued, running, succeeded, failed)."""
-        job = server.builder.status(hash_) if _HASH_RE.match(hash_) else None
+        job = await server.status(hash_) if _HASH_RE.match(hash_) else None
         if job is None:
             raise NotFound(f"no build {hash_!r}")
         return job.as_json()
@@ -195,13 +234,13 @@ def create_app(settings: Settings) -> FastAPI:
         """A build's output: live while it runs, its build log once finished."""
         if not _HASH_RE.match(hash_):
             raise NotFound(f"no build {hash_!r}")
-        text = await server.builder.log(hash_)
+        text = await server.log(hash_)
         return PlainTextResponse(text.decode("utf-8", "replace"))
 
     @app.get("/healthz")
     async def health() -> dict[str, object]:
         """Liveness for container health checks; says whether the engine answers."""
-        engine = await anyio.to_thread.run_sync(server.engine.ping)
+        engine = await server.engine.ping()
         return {"status": "ok", "engine": engine}
 
     # The reference server took a build POST on any path; other methods get a 404 there.

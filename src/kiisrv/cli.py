@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from kiisrv import __version__, kll, layouts
@@ -23,7 +22,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from kiisrv.app import create_app
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = replace(settings, **overrides)
+    settings = settings.replace(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
@@ -51,8 +50,7 @@ def _layouts_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 def _prune(args: argparse.Namespace, settings: Settings) -> int:
     server = Kiisrv(
-        replace(
-            settings,
+        settings.replace(
             retention_days=settings.retention_days
             if args.max_age_days is None
             else args.max_age_days,

@@ -1,26 +1,80 @@
 """The one object a kiisrv server is: built from Settings, owning every part.
 
-Tests and the CLI build it the same way; nothing is created at import time.
+Tests and the CLI build it the same way; nothing is created at import time. A build
+request goes: ``catalog`` (which image) -> ``planner`` (what to build) -> ``queue``
+(when, shared with identical requests) -> ``runner`` (the container). ``build`` is the
+path of an HTTP request; ``plan`` and ``queue.submit`` are there for callers without
+one (the canary): ``await core.queue.submit(await core.plan(body))`` is a finished job.
+
+A cache hit must be cheap (it is most requests), so the identity of a request body
+already seen is remembered by the digest of its bytes: no validation, no KLL, no
+database on the way to the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 
-from kiisrv.builder import Builder
-from kiisrv.catalog import Catalog
+from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
+from kiisrv.errors import NotFound, Unavailable, UnknownVersion
+from kiisrv.jobs import Job, JobState
 from kiisrv.layouts import LayoutStore
+from kiisrv.planner import Plan, Planner
+from kiisrv.queue import BuildQueue, LocalQueue
 from kiisrv.retention import PruneResult, prune
+from kiisrv.runner import Runner
 from kiisrv.settings import Settings
+from kiisrv.stats import StatsRecorder
 from kiisrv.storage import Storage
 from kiisrv.versions import DEFAULT_VERSIONS
 
 log = logging.getLogger("kiisrv")
+
+# An answered zip is kept from the pruner this long, so the client can download it.
+ANSWER_GRACE = 15 * 60.0
+_MEMO_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A build request's answer, and what its statistics row needs."""
+
+    job: Job
+    cached: bool
+    board: str
+    variant: str
+    layers: int
+    container: str
+    duration_ms: int | None
+
+    @property
+    def success(self) -> bool:
+        return self.job.state is JobState.SUCCEEDED
+
+    @property
+    def filename(self) -> str:
+        return f"./tmp/{self.job.zip_name}"
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What a cache hit needs of a request body already planned once."""
+
+    hash: str
+    stem: str
+    board: str
+    variant: str
+    layers: int
 
 
 class Kiisrv:
@@ -28,12 +82,105 @@ class Kiisrv:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = Storage(settings.stats_db, settings.config_db)
-        self.storage.seed_versions(DEFAULT_VERSIONS)
-        self.engine = Engine(settings.docker_url, settings.engine_timeout)
+        self.engine = Engine(settings.docker_url, settings.engine_timeout, settings.max_builds)
         self.layouts = LayoutStore(settings.layouts_dir)
         self.catalog = Catalog(settings, self.storage, self.engine)
-        self.builder = Builder(settings, self.storage, self.engine, self.catalog, self.layouts)
+        self.planner = Planner(self.layouts)
+        self.runner = Runner(settings, self.storage, self.engine)
+        self.queue: BuildQueue = LocalQueue(
+            self.runner, self.storage, settings.max_builds, settings.max_queue
+        )
+        self.stats = StatsRecorder(self.storage)
+        self._answered: dict[str, float] = {}
+        self._seen: OrderedDict[tuple[str, bytes], _Seen] = OrderedDict()
         self._pruner: asyncio.Task[None] | None = None
+
+    # -- builds ------------------------------------------------------------------------
+
+    async def target(self, body: Any) -> Available:
+        """The image a request names; a malformed request is reported before the engine."""
+        env = body.get("env", "latest") if isinstance(body, dict) else None
+        if not isinstance(env, str):
+            self.planner.validate(body)
+        try:
+            return await self.catalog.resolve(env)  # type: ignore[arg-type]
+        except (Unavailable, UnknownVersion):
+            self.planner.validate(body)  # a broken layout says so first, as it always did
+            raise
+
+    async def plan(self, body: Any) -> Plan:
+        return self.planner.plan(body, await self.target(body))
+
+    async def build(self, body: Any, raw: bytes | None = None) -> Outcome:
+        """One build request: a cached zip, or the (shared) build's finished job."""
+        started = time.monotonic()
+        target = await self.target(body)
+        key = (target.image_id, hashlib.sha256(raw).digest()) if raw is not None else None
+        seen = self._seen.get(key) if key else None
+        plan: Plan | None = None
+        if seen is None:
+            plan = self.planner.plan(body, target)
+            seen = _Seen(plan.job.hash, plan.job.stem, plan.board, plan.variant, plan.layers)
+            if key:
+                self._remember(key, seen)
+        finished = self.settings.builds_dir / f"{seen.stem}.zip"
+        if self.queue.current(seen.hash) is None and finished.is_file():
+            self.stats.touch(finished)
+            self._answer(seen.hash)
+            job = Job(
+                seen.hash,
+                seen.stem,
+                target.version.name,
+                target.version.container,
+                state=JobState.SUCCEEDED,
+            )
+            return self._outcome(job, seen, target, cached=True, duration=None)
+        if plan is None:
+            plan = self.planner.plan(body, target)
+        job = await self.queue.submit(plan)
+        self._answer(job.hash)
+        duration = int((time.monotonic() - started) * 1000)
+        return self._outcome(job, seen, target, cached=False, duration=duration)
+
+    def _outcome(
+        self, job: Job, seen: _Seen, target: Available, *, cached: bool, duration: int | None
+    ) -> Outcome:
+        return Outcome(
+            job, cached, seen.board, seen.variant, seen.layers, target.version.container, duration
+        )
+
+    def _remember(self, key: tuple[str, bytes], seen: _Seen) -> None:
+        self._seen[key] = seen
+        if len(self._seen) > _MEMO_SIZE:
+            self._seen.popitem(last=False)
+
+    def _answer(self, hash_: str) -> None:
+        self._answered[hash_] = time.monotonic() + ANSWER_GRACE
+
+    async def status(self, hash_: str) -> Job | None:
+        return self.queue.current(hash_) or await self.storage.run(self.storage.load_job, hash_)
+
+    async def log(self, hash_: str) -> bytes:
+        """The build's output so far (running) or its build log (finished)."""
+        job = await self.status(hash_)
+        if job is None:
+            raise NotFound(f"no build {hash_!r}")
+        live = await self.queue.live_log(hash_)
+        if live is not None:
+            return live
+        if not job.state.finished:
+            return b""  # queued: nothing has run yet
+        return await self.runner.read_log(job)
+
+    # -- retention ---------------------------------------------------------------------
+
+    def in_use(self) -> set[str]:
+        """Builds in flight, and zips answered a moment ago and perhaps not yet fetched."""
+        now = time.monotonic()
+        for hash_, until in list(self._answered.items()):
+            if until < now:
+                self._answered.pop(hash_, None)
+        return self.queue.in_use() | set(self._answered)
 
     def prune(self, dry_run: bool = False) -> PruneResult:
         s = self.settings
@@ -42,38 +189,50 @@ class Kiisrv:
             s.builds_dir,
             max_age=s.retention_days * 86400,
             max_bytes=s.retention_bytes,
-            in_use=self.builder.in_use() | set(self.storage.unfinished()),
+            in_use=self.in_use() | set(self.storage.unfinished()),
             dry_run=dry_run,
         )
 
     async def _prune_forever(self) -> None:
+        """A failed prune (a locked database, a full disk) is logged; the next one runs."""
         while True:
             try:
                 result = await anyio.to_thread.run_sync(self.prune)
                 if result.removed:
                     log.info("pruned %d builds, %d bytes", result.removed, result.freed_bytes)
-            except OSError as exc:
-                log.error("pruning failed: %s", exc)
+            except Exception:
+                log.exception("pruning failed; trying again in %g s", self.settings.prune_interval)
             await asyncio.sleep(self.settings.prune_interval)
 
+    # -- life cycle --------------------------------------------------------------------
+
     async def start(self) -> None:
-        await self.builder.recover()
+        await self.storage.run(self.storage.seed_versions, DEFAULT_VERSIONS)
+        await self.runner.recover()
+        self.stats.start()
         if self.settings.prune_interval > 0:
             self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
-        if not self.settings.layouts_dir.is_dir():
+        if not await anyio.to_thread.run_sync(self.settings.layouts_dir.is_dir):
             log.warning("layouts folder %s does not exist", self.settings.layouts_dir)
         log.info(
             "kiisrv ready: data in %s, layouts in %s, engine %s (%s)",
             self.settings.data_dir,
             self.settings.layouts_dir,
             self.settings.docker_url,
-            "reachable" if self.engine.ping() else "NOT reachable",
+            "reachable" if await self.engine.ping() else "NOT reachable",
         )
 
     async def stop(self) -> None:
-        if self._pruner is not None:
-            self._pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
-        await self.builder.shutdown()
-        self.storage.close()
+        """Every part is shut down, whatever the others do."""
+        try:
+            if self._pruner is not None:
+                self._pruner.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._pruner
+            await self.queue.close()
+        finally:
+            try:
+                await self.stats.stop()
+            finally:
+                await anyio.to_thread.run_sync(self.storage.close)
+                self.engine.close()

@@ -4,19 +4,24 @@ Every API call goes through ``Engine._call``, which owns the client (created laz
 so the server starts while the daemon is down, and recreated after it comes back),
 the timeout, the log line and the translation of docker/requests exceptions into
 kiisrv's own (``errors.py``). Cleanup calls treat 404 and 409 as already done.
-The methods are blocking; the builder runs them in worker threads.
+
+The docker SDK blocks, and ``wait`` blocks for a whole build. So the methods are
+coroutines that run the SDK on the engine's *own* thread pool (as jupyterhub's
+dockerspawner does), sized for every running build plus spare threads: builds can
+never take the threads that file downloads, health checks and the database need
+(anyio's default pool of 40, which 40 waiting builds used to fill).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import io
 import logging
-import tarfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import docker
@@ -43,6 +48,7 @@ T = TypeVar("T")
 class ImageInfo:
     id: str
     tags: tuple[str, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def _is_read_timeout(exc: BaseException) -> bool:
@@ -52,12 +58,23 @@ def _is_read_timeout(exc: BaseException) -> bool:
     return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
 
 
+# Threads beyond one per running build: image lists, logs, starts, removals, pings.
+SPARE_THREADS = 8
+
+
 class Engine:
-    def __init__(self, base_url: str, timeout: float) -> None:
+    def __init__(self, base_url: str, timeout: float, max_builds: int = 1) -> None:
         self.base_url = base_url
         self.timeout = timeout
         self._client: DockerClient | None = None
         self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_builds + SPARE_THREADS, thread_name_prefix="kiisrv-engine"
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._drop_client()
 
     def _get_client(self) -> DockerClient:
         with self._lock:
@@ -76,7 +93,11 @@ class Engine:
         if client is not None:
             client.close()
 
-    def _call(self, what: str, fn: Callable[[DockerClient], T]) -> T:
+    async def _call(self, what: str, fn: Callable[[DockerClient], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call_blocking, what, fn)
+
+    def _call_blocking(self, what: str, fn: Callable[[DockerClient], T]) -> T:
         start = time.monotonic()
         try:
             result = fn(self._get_client())
@@ -100,48 +121,29 @@ class Engine:
 
     # -- queries ---------------------------------------------------------------------
 
-    def ping(self) -> bool:
+    async def ping(self) -> bool:
         try:
-            return bool(self._call("ping", lambda c: c.ping()))
+            return bool(await self._call("ping", lambda c: c.ping()))
         except (EngineError, EngineUnavailable):
             return False
 
-    def images(self) -> dict[str, ImageInfo]:
-        """Every local image by each of its ``repo:tag`` names."""
+    async def images(self) -> dict[str, ImageInfo]:
+        """Every local image by each of its ``repo:tag`` names, with its labels."""
 
         def fetch(c: DockerClient) -> dict[str, ImageInfo]:
             found: dict[str, ImageInfo] = {}
             for raw in c.api.images():
                 tags = tuple(t for t in raw.get("RepoTags") or () if t != "<none>:<none>")
-                info = ImageInfo(raw["Id"], tags)
+                info = ImageInfo(raw["Id"], tags, raw.get("Labels") or {})
                 for tag in tags:
                     found[tag] = info
             return found
 
-        return self._call("list images", fetch)
+        return await self._call("list images", fetch)
 
-    def read_file(self, image: str, path: str) -> bytes | None:
-        """A file out of an image, without running it (create, copy out, remove)."""
-
-        def fetch(c: DockerClient) -> bytes | None:
-            cid = c.api.create_container(image, command=["true"], network_disabled=True)["Id"]
-            try:
-                stream, _ = c.api.get_archive(cid, path)
-                data = b"".join(stream)
-            except docker.errors.NotFound:
-                return None
-            finally:
-                c.api.remove_container(cid, force=True)
-            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                member = tar.next()
-                extracted = tar.extractfile(member) if member else None
-                return extracted.read() if extracted else None
-
-        return self._call(f"read {path} from {image}", fetch)
-
-    def containers(self, instance: str) -> list[str]:
+    async def containers(self, instance: str) -> list[str]:
         """Ids of this server's build containers, running or not."""
-        return self._call(
+        return await self._call(
             "list build containers",
             lambda c: [
                 x["Id"]
@@ -153,7 +155,9 @@ class Engine:
 
     # -- one build -------------------------------------------------------------------
 
-    def start(self, spec: ContainerSpec) -> str:
+    async def start(self, spec: ContainerSpec) -> str:
+        """Create and start; a container that fails to start is removed, not left behind."""
+
         def run(c: DockerClient) -> str:
             host_config = c.api.create_host_config(
                 mounts=[
@@ -182,27 +186,36 @@ class Engine:
                 host_config=host_config,
                 network_disabled=spec.network_disabled,
             )["Id"]
-            c.api.start(cid)
+            try:
+                c.api.start(cid)
+            except BaseException:
+                with contextlib.suppress(docker.errors.DockerException):
+                    c.api.remove_container(cid, force=True)
+                raise
             return cid
 
-        return self._call(f"start {spec.name}", run)
+        return await self._call(f"start {spec.name}", run)
 
-    def wait(self, cid: str, timeout: float) -> int:
+    async def wait(self, cid: str, timeout: float) -> int:
         """The exit status; EngineTimeout when the build outlives ``timeout``."""
 
         def run(c: DockerClient) -> int:
             result = c.api.wait(cid, timeout=max(1, int(timeout)))
             return int(result.get("StatusCode", -1))
 
-        return self._call(f"wait {cid[:12]}", run)
+        return await self._call(f"wait {cid[:12]}", run)
 
-    def logs(self, cid: str) -> bytes:
-        return self._call(f"logs {cid[:12]}", lambda c: c.api.logs(cid, stdout=True, stderr=True))
+    async def logs(self, cid: str) -> bytes:
+        return await self._call(
+            f"logs {cid[:12]}", lambda c: c.api.logs(cid, stdout=True, stderr=True)
+        )
 
-    def kill(self, cid: str) -> None:
+    async def kill(self, cid: str) -> None:
         with contextlib.suppress(EngineNotFound, EngineConflict):
-            self._call(f"kill {cid[:12]}", lambda c: c.api.kill(cid))
+            await self._call(f"kill {cid[:12]}", lambda c: c.api.kill(cid))
 
-    def remove(self, cid: str) -> None:
+    async def remove(self, cid: str) -> None:
         with contextlib.suppress(EngineNotFound, EngineConflict):
-            self._call(f"remove {cid[:12]}", lambda c: c.api.remove_container(cid, force=True))
+            await self._call(
+                f"remove {cid[:12]}", lambda c: c.api.remove_container(cid, force=True)
+            )

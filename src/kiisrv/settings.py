@@ -1,127 +1,194 @@
-"""All of kiisrv's configuration, read once from the environment.
+"""All of kiisrv's configuration, declared once and read once from the environment.
 
 This is the only module that looks at ``os.environ``: everything else receives a
-``Settings``. Each field names its variable in ``metadata["env"]``; a test fails when
-one of them is missing from the README's settings table.
+``Settings``. Each field names its variable (its alias) and the range it may take; a
+wrong value stops the server with a message naming the variable, rather than becoming
+a default nobody asked for (``KIISRV_BUILD_READ_ONLY=ture`` was silently false). A test
+fails when a variable is missing from the README's settings table.
+
+An empty variable means "the default", except where empty is itself a value
+(``KIISRV_BUILD_USER=``: root), marked ``empty_is_value`` below.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, StrictBool, ValidationError
+from pydantic.config import JsonDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-def _env(name: str, doc: str) -> dict[str, Any]:
-    return {"env": name, "doc": doc}
+_KEEP_EMPTY: JsonDict = {"empty_is_value": True}
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str = field(default="0.0.0.0", metadata=_env("KIISRV_HOST", "Address to listen on."))
-    port: int = field(default=3001, metadata=_env("KIISRV_PORT", "Port to listen on."))
-    data_dir: Path = field(
-        default=Path("./data"),
-        metadata=_env("KIISRV_DATA_DIR", "Config and build folders and the SQLite files."),
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="forbid")
+
+    host: str = Field("0.0.0.0", alias="KIISRV_HOST", description="Address to listen on.")
+    port: int = Field(3001, alias="KIISRV_PORT", ge=1, le=65535, description="Port to listen on.")
+    data_dir: Path = Field(
+        Path("./data"),
+        alias="KIISRV_DATA_DIR",
+        description="Config and build folders and the SQLite files.",
     )
-    layouts_dir: Path = field(
-        default=Path("./layouts"),
-        metadata=_env("KIISRV_LAYOUTS_DIR", "The keyboards' layout JSON files."),
+    layouts_dir: Path = Field(
+        Path("./layouts"),
+        alias="KIISRV_LAYOUTS_DIR",
+        description="The keyboards' layout JSON files.",
     )
-    host_tmp_config: Path | None = field(
-        default=None,
-        metadata=_env(
-            "HOST_TMP_CONFIG", "Host path of `<data>/config`, when the server runs in a container."
-        ),
+    host_tmp_config: Path | None = Field(
+        None,
+        alias="HOST_TMP_CONFIG",
+        description="Host path of `<data>/config`, when the server runs in a container.",
     )
-    host_tmp_builds: Path | None = field(
-        default=None,
-        metadata=_env(
-            "HOST_TMP_BUILDS", "Host path of `<data>/builds`, when the server runs in a container."
-        ),
+    host_tmp_builds: Path | None = Field(
+        None,
+        alias="HOST_TMP_BUILDS",
+        description="Host path of `<data>/builds`, when the server runs in a container.",
     )
-    docker_url: str = field(
-        default="unix:///var/run/docker.sock",
-        metadata=_env("DOCKER_HOST", "Docker Engine API endpoint."),
+    docker_url: str = Field(
+        "unix:///var/run/docker.sock", alias="DOCKER_HOST", description="Engine API endpoint."
     )
-    image_prefix: str = field(
-        default="kiisrv-",
-        metadata=_env(
-            "KIISRV_IMAGE_PREFIX", "Controller image name = prefix + container + `:` + tag."
-        ),
+    image_prefix: str = Field(
+        "kiisrv-",
+        alias="KIISRV_IMAGE_PREFIX",
+        description="Controller image name = prefix + container + `:` + tag.",
     )
-    image_tag: str = field(
-        default="latest", metadata=_env("KIISRV_IMAGE_TAG", "Tag of the controller images.")
+    image_tag: str = Field(
+        "latest", alias="KIISRV_IMAGE_TAG", description="Tag of the controller images."
     )
-    instance: str = field(
-        default="kiisrv",
-        metadata=_env(
-            "KIISRV_INSTANCE",
-            "Name prefix and label of this server's build containers (orphans are found by it).",
-        ),
+    instance: str = Field(
+        "kiisrv",
+        alias="KIISRV_INSTANCE",
+        min_length=1,
+        description="Name prefix and label of this server's build containers.",
     )
-    max_builds: int = field(
-        default_factory=lambda: os.cpu_count() or 1,
-        metadata=_env("KIISRV_MAX_BUILDS", "Builds running at once (default: number of cores)."),
+    max_builds: int = Field(
+        default_factory=_cores,
+        alias="KIISRV_MAX_BUILDS",
+        ge=1,
+        description="Builds running at once (default: number of cores).",
     )
-    max_queue: int = field(
-        default=64,
-        metadata=_env("KIISRV_MAX_QUEUE", "Distinct builds waiting before new ones get 503."),
+    max_queue: int = Field(
+        64,
+        alias="KIISRV_MAX_QUEUE",
+        ge=0,
+        description="Distinct builds waiting before new ones get 503.",
     )
-    build_timeout: float = field(
-        default=600.0,
-        metadata=_env("KIISRV_BUILD_TIMEOUT", "Seconds a build may run before it is killed."),
+    build_timeout: float = Field(
+        600.0,
+        alias="KIISRV_BUILD_TIMEOUT",
+        gt=0,
+        description="Seconds a build may run before it is killed.",
     )
-    build_memory: str = field(
-        default="2g", metadata=_env("KIISRV_BUILD_MEMORY", "Memory limit of a build container.")
+    build_memory: str = Field(
+        "2g", alias="KIISRV_BUILD_MEMORY", description="Memory limit of a build container."
     )
-    build_cpus: float = field(
-        default=1.0, metadata=_env("KIISRV_BUILD_CPUS", "CPUs a build container may use.")
+    build_cpus: float = Field(
+        0.0,
+        alias="KIISRV_BUILD_CPUS",
+        ge=0,
+        description="Hard CPU quota of a build; 0: none (concurrent builds share equally).",
     )
-    build_pids: int = field(
-        default=512, metadata=_env("KIISRV_BUILD_PIDS", "Process limit of a build container.")
+    build_pids: int = Field(
+        512, alias="KIISRV_BUILD_PIDS", ge=1, description="Process limit of a build container."
     )
-    build_user: str = field(
-        default="1000:1000",
-        metadata=_env(
-            "KIISRV_BUILD_USER", "uid:gid builds run as (the image's BUILD_UID); empty: root."
-        ),
+    build_user: str = Field(
+        "1000:1000",
+        alias="KIISRV_BUILD_USER",
+        json_schema_extra=_KEEP_EMPTY,
+        description="uid:gid builds run as (the image's BUILD_UID); empty: root.",
     )
-    build_read_only: bool = field(
-        default=False,
-        metadata=_env(
-            "KIISRV_BUILD_READ_ONLY",
-            "Read-only root filesystem for builds (the real build scripts write to /controller).",
-        ),
+    build_read_only: StrictBool = Field(
+        False,
+        alias="KIISRV_BUILD_READ_ONLY",
+        description="Read-only root filesystem for builds.",
     )
-    ccache_volume: str = field(
-        default="kiisrv-ccache",
-        metadata=_env("KIISRV_CCACHE_VOLUME", "Named volume holding the shared ccache."),
+    ccache_volume: str = Field(
+        "kiisrv-ccache",
+        alias="KIISRV_CCACHE_VOLUME",
+        min_length=1,
+        description="Named volume holding the shared ccache.",
     )
-    retention_days: float = field(
-        default=30.0,
-        metadata=_env("KIISRV_RETENTION_DAYS", "Build outputs older than this are pruned."),
+    retention_days: float = Field(
+        30.0,
+        alias="KIISRV_RETENTION_DAYS",
+        ge=0,
+        description="Build outputs older than this are pruned.",
     )
-    retention_bytes: int = field(
-        default=10 * 1024**3,
-        metadata=_env(
-            "KIISRV_RETENTION_BYTES", "Oldest build outputs are pruned past this total size."
-        ),
+    retention_bytes: int = Field(
+        10 * 1024**3,
+        alias="KIISRV_RETENTION_BYTES",
+        ge=0,
+        description="Oldest build outputs are pruned past this total size.",
     )
-    prune_interval: float = field(
-        default=3600.0,
-        metadata=_env("KIISRV_PRUNE_INTERVAL", "Seconds between prunes while serving; 0: never."),
+    prune_interval: float = Field(
+        3600.0,
+        alias="KIISRV_PRUNE_INTERVAL",
+        ge=0,
+        description="Seconds between prunes while serving; 0: never.",
     )
-    engine_timeout: float = field(
-        default=60.0,
-        metadata=_env("KIISRV_ENGINE_TIMEOUT", "Seconds one Docker API call may take."),
+    engine_timeout: float = Field(
+        60.0,
+        alias="KIISRV_ENGINE_TIMEOUT",
+        gt=0,
+        description="Seconds one Docker API call may take.",
     )
-    max_body_bytes: int = field(
-        default=10 * 1024 * 1024,
-        metadata=_env("KIISRV_MAX_BODY", "Largest request body accepted, in bytes."),
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024,
+        alias="KIISRV_MAX_BODY",
+        ge=1,
+        description="Largest request body accepted, in bytes.",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what is passed in: ``from_env`` is the one reader of the environment, so a
+        # test's ``Settings(...)`` never picks up the variables of the shell it runs in.
+        return (init_settings,)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Environment variable -> field name."""
+        return {str(f.alias): name for name, f in cls.model_fields.items()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var, name in cls.variables().items():
+            raw = environ.get(var)
+            extra = cls.model_fields[name].json_schema_extra
+            keep_empty = isinstance(extra, dict) and extra.get("empty_is_value")
+            if raw is None or (raw == "" and not keep_empty):
+                continue
+            values[var] = _bool(raw) if cls.model_fields[name].annotation is bool else raw
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{_where(e['loc'])}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"invalid setting: {problems}") from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (by field name), validated again."""
+        return type(self)(**{**self.model_dump(), **changes})
 
     @property
     def config_dir(self) -> Path:
@@ -139,31 +206,16 @@ class Settings:
     def config_db(self) -> Path:
         return self.data_dir / "config.db"
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        defaults = cls()
-        for f in fields(cls):
-            raw = environ.get(f.metadata["env"])
-            if raw is None or raw == "":
-                continue
-            current = getattr(defaults, f.name)
-            values[f.name] = _convert(f.metadata["env"], raw, current, f.type)
-        values.update(overrides)
-        return replace(defaults, **values)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
-def _convert(name: str, raw: str, current: Any, annotation: Any) -> Any:
-    try:
-        if isinstance(current, bool):
-            return raw.lower() in {"1", "true", "yes", "on"}
-        if isinstance(current, int):
-            return int(raw)
-        if isinstance(current, float):
-            return float(raw)
-        if isinstance(current, Path) or "Path" in str(annotation):
-            return Path(raw)
-        return raw
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r}: {exc}") from None
+def _bool(raw: str) -> bool | str:
+    """The words pydantic takes for a boolean; anything else is left for it to refuse."""
+    low = raw.strip().lower()
+    return True if low in _TRUE else False if low in _FALSE else raw
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "settings"

@@ -1,12 +1,83 @@
-"""``GET /stats``: the reference server's plain-text summary of the Requests table.
+"""Request statistics: recording them, and ``GET /stats``, the reference's summary.
 
-Counts are computed in SQL so the page stays cheap with a large table. The count
-blocks are printed the way the reference (Rust ``{:#?}`` of a map) printed them.
+Recording must cost a request nothing it can feel: rows are queued in memory and
+written in batches, one transaction each, on the storage thread. ``/stats`` flushes
+first, so it always counts every request answered so far. Counts are computed in SQL
+so the page stays cheap with a large table; the count blocks are printed the way the
+reference (Rust ``{:#?}`` of a map) printed them.
 """
 
 from __future__ import annotations
 
-from kiisrv.storage import Storage
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from kiisrv.errors import KiisrvError
+from kiisrv.storage import RequestRecord, Storage
+
+log = logging.getLogger("kiisrv.stats")
+
+FLUSH_EVERY = 0.5  # seconds
+FLUSH_AT = 512  # rows
+
+
+class StatsRecorder:
+    """Batches Requests rows (and cache-hit touches of zips) off the event loop."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._rows: list[RequestRecord] = []
+        self._touch: set[Path] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="stats-recorder")
+
+    def record(self, row: RequestRecord) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= FLUSH_AT:
+            self._wake.set()
+
+    def touch(self, path: Path) -> None:
+        """Mark a zip as recently used, so retention keeps popular builds longest."""
+        self._touch.add(path)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            rows, self._rows = self._rows, []
+            touch, self._touch = self._touch, set()
+            if touch:
+                await self.storage.run(_touch_all, touch)
+            if rows:
+                try:
+                    await self.storage.run(self.storage.record_requests, rows)
+                except KiisrvError as exc:
+                    log.error("could not record %d requests: %s", len(rows), exc.message)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FLUSH_EVERY)
+            self._wake.clear()
+            await self.flush()
+
+
+def _touch_all(paths: set[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.utime(path)
 
 
 def _rust_map(counts: list[tuple[str, int]]) -> str:
@@ -20,7 +91,13 @@ def _rust_float(x: float) -> str:
     return str(int(x)) if x == int(x) else repr(x)
 
 
-def render(storage: Storage) -> str:
+async def render(storage: Storage) -> str:
+    """The page, its five aggregate scans on the storage thread."""
+    return await storage.run(summary, storage)
+
+
+def summary(storage: Storage) -> str:
+    """The page itself (blocking: call ``render`` from async code)."""
     total, unique, users, layers, durations = storage.query(
         "SELECT COUNT(*), COUNT(DISTINCT hash), COUNT(DISTINCT ip_addr),"
         " COALESCE(SUM(layers), 0), COALESCE(SUM(build_duration), 0) FROM Requests"

@@ -4,22 +4,32 @@ The Requests table keeps the reference schema so existing statistics carry over.
 Builds is new: one row per distinct build, so that a build accepted before a restart
 can still be reported (as failed, with the reason) after it. Every write goes through
 this object's lock on one connection per file, in WAL mode.
+
+The methods block (a write can wait out the busy timeout on a locked database), so
+async code calls them through ``run``: one thread of the storage's own, which also
+keeps SQLite work in order without contending for the lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
 from kiisrv.versions import Version
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _CONFIG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS Versions (
@@ -95,6 +105,12 @@ class Storage:
         self._mutex = threading.Lock()
         self._stats = _connect(stats_db, _STATS_SCHEMA)
         self._config = _connect(config_db, _CONFIG_SCHEMA)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiisrv-sqlite")
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args)`` on the storage thread, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -106,6 +122,7 @@ class Storage:
                 raise StorageError(f"the server cannot use its database: {exc}") from exc
 
     def close(self) -> None:
+        self._executor.shutdown(wait=True)
         with self._lock():
             self._stats.close()
             self._config.close()
@@ -130,25 +147,23 @@ class Storage:
     # -- requests ------------------------------------------------------------------
 
     def record_request(self, r: RequestRecord) -> None:
+        self.record_requests([r])
+
+    def record_requests(self, records: Sequence[RequestRecord]) -> None:
+        """Many rows in one transaction: one commit for a whole batch of requests."""
         with self._lock():
-            self._stats.execute(
-                "INSERT INTO Requests (ip_addr, os, web, hash, board, variant, layers,"
-                " container, success, request_time, build_duration)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    r.ip_addr,
-                    r.os,
-                    int(r.web),
-                    r.hash,
-                    r.board,
-                    r.variant,
-                    r.layers,
-                    r.container,
-                    int(r.success),
-                    r.request_time.isoformat(),
-                    r.build_duration,
-                ),
-            )
+            self._stats.execute("BEGIN")
+            try:
+                self._stats.executemany(
+                    "INSERT INTO Requests (ip_addr, os, web, hash, board, variant, layers,"
+                    " container, success, request_time, build_duration)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_request_row(r) for r in records],
+                )
+            except BaseException:
+                self._stats.execute("ROLLBACK")
+                raise
+            self._stats.execute("COMMIT")
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with self._lock():
@@ -192,6 +207,10 @@ class Storage:
             duration_ms=row[9],
         )
 
+    def unfinished_jobs(self) -> list[Job]:
+        """Builds queued or running when a previous run of the server stopped."""
+        return [job for h in self.unfinished() if (job := self.load_job(h)) is not None]
+
     def unfinished(self) -> list[str]:
         """Hashes of builds queued or running (in any server using this database)."""
         with self._lock():
@@ -215,6 +234,22 @@ class Storage:
                 ),
             )
             return cur.rowcount
+
+
+def _request_row(r: RequestRecord) -> tuple[Any, ...]:
+    return (
+        r.ip_addr,
+        r.os,
+        int(r.web),
+        r.hash,
+        r.board,
+        r.variant,
+        r.layers,
+        r.container,
+        int(r.success),
+        r.request_time.isoformat(),
+        r.build_duration,
+    )
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,14 +1,18 @@
 """Firmware versions: the Versions table, and what each controller image says of itself.
 
 Release details (commit count, date, hash) used to come from GitHub at start-up; a
-host without a route to GitHub could not start. Now the controller image records them
-at build time in ``/controller/kiisrv-version.json`` and the server reads that file out
-of the image (never running it), once per image id.
+host without a route to GitHub could not start. The controller image records them at
+build time in ``/controller/kiisrv-version.json``, computed by git inside the build;
+since a Dockerfile ``LABEL`` cannot compute them, a second build passes them back in as
+build args and they become image labels (``io.kiisrv.release.*``,
+``docker/controller/label.sh``). The server reads them from the image list it fetches
+anyway: no container, no file copied out of an image, no extra Engine API endpoint.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +43,7 @@ DEFAULT_VERSIONS: tuple[Version, ...] = (
 )
 
 VERSION_FILE = "/controller/kiisrv-version.json"
+LABEL_PREFIX = "io.kiisrv.release."
 
 
 @dataclass(frozen=True)
@@ -80,3 +85,13 @@ def release_info(raw: bytes | None) -> ReleaseInfo | None:
         )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def release_from_labels(labels: Mapping[str, str]) -> ReleaseInfo | None:
+    """The image's ``io.kiisrv.release.*`` labels; None when absent or empty (null)."""
+    values = {
+        k.removeprefix(LABEL_PREFIX): v for k, v in labels.items() if k.startswith(LABEL_PREFIX)
+    }
+    if not all(values.get(k) for k in ("tag", "commit", "date", "hash")):
+        return None
+    return release_info(json.dumps(values).encode())

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
@@ -25,11 +21,13 @@ from docker import DockerClient
 
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
-from tests.conftest import _client
-from tests.helpers import REPO, TEST_IMAGE_PREFIX, TEST_PREFIX
-
-TEST_CONTAINERS = ("controller-057", "controller-050")
-EXTRA_CA = os.environ.get("KIISRV_TEST_EXTRA_CA")  # a CA bundle the image build must trust
+from tests.helpers import (
+    TEST_IMAGE_PREFIX,
+    TEST_PREFIX,
+    Events,
+    app_client,
+    build_test_image,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -60,28 +58,6 @@ def _remove_leftovers(client: DockerClient) -> None:
             c.remove(force=True)
 
 
-def build_test_image(client: DockerClient, context: Path) -> str:
-    """The test double, from a copy of the build context (plus an extra CA when given)."""
-    shutil.copytree(REPO / "docker", context / "docker")
-    shutil.copytree(
-        REPO / "tests" / "controller-double", context / "tests" / "controller-double", symlinks=True
-    )
-    if EXTRA_CA:
-        shutil.copy(EXTRA_CA, context / "docker" / "extra-ca" / "extra.crt")
-    image, _ = client.images.build(
-        path=str(context),
-        dockerfile="docker/controller/Dockerfile",
-        target="test-double",
-        buildargs={"TOOLCHAIN_PACKAGES": ""},
-        tag=f"{TEST_IMAGE_PREFIX}{TEST_CONTAINERS[0]}:latest",
-        rm=True,
-        forcerm=True,
-    )
-    for container in TEST_CONTAINERS[1:]:
-        image.tag(f"{TEST_IMAGE_PREFIX}{container}", "latest")
-    return str(image.id)
-
-
 @pytest.fixture(scope="session")
 def controller_image(docker_client: DockerClient, tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_test_image(docker_client, tmp_path_factory.mktemp("context"))
@@ -89,8 +65,7 @@ def controller_image(docker_client: DockerClient, tmp_path_factory: pytest.TempP
 
 @pytest.fixture
 def docker_settings(settings: Settings, controller_image: str) -> Settings:
-    return replace(
-        settings,
+    return settings.replace(
         docker_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
         image_prefix=TEST_IMAGE_PREFIX,
         ccache_volume=f"{settings.instance}-ccache",
@@ -112,35 +87,9 @@ def build_containers(docker_client: DockerClient, docker_settings: Settings) -> 
         docker_client.volumes.get(docker_settings.ccache_volume).remove(force=True)
 
 
-class Events:
-    def __init__(self, client: DockerClient, instance: str) -> None:
-        self.client = client
-        self.instance = instance
-        self.since = time.time() - 1
-
-    def created(self) -> list[dict[str, Any]]:
-        """Build containers of this instance created since the fixture started."""
-        stream = self.client.events(
-            since=int(self.since),
-            until=int(time.time()) + 1,
-            decode=True,
-            filters={
-                "type": "container",
-                "event": "create",
-                "label": f"{LABEL_INSTANCE}={self.instance}",
-            },
-        )
-        return list(stream)
-
-    def running(self) -> list[Any]:
-        return self.client.containers.list(
-            all=True, filters={"label": f"{LABEL_INSTANCE}={self.instance}"}
-        )
-
-
 @pytest.fixture
 async def dclient(
     docker_settings: Settings, build_containers: Events
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(docker_settings):
+    async with app_client(docker_settings) as c:
         yield c

@@ -9,7 +9,6 @@ import re
 import sqlite3
 import time
 import zipfile
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -20,9 +19,16 @@ from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
 from kiisrv.storage import Storage
-from tests.conftest import _client
-from tests.docker.conftest import Events
-from tests.helpers import CLIENT_FILENAME_RE, TEST_IMAGE_PREFIX, ktype, mdergo1, request
+from tests.helpers import (
+    CLIENT_FILENAME_RE,
+    TEST_IMAGE_PREFIX,
+    Events,
+    app_client,
+    eventually,
+    ktype,
+    mdergo1,
+    request,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -85,6 +91,7 @@ async def test_a_build_end_to_end(
     assert z.read("KType-Mine-0.kll").startswith(b'Name = "KType";')
     assert len(build_containers.created()) == 1
     assert build_containers.running() == []  # removed after the build
+    await dclient.get("/stats")  # rows are written in batches; /stats flushes them
     rows = requests_rows(docker_settings)
     assert rows[0][:8] == ("203.0.113.7", "Linux", 0, "KType", "Mine", 2, "controller-057", 1)
     assert rows[0][8] is not None
@@ -99,6 +106,7 @@ async def test_a_build_end_to_end(
     again = await dclient.post("/", content=reordered, headers={"Content-Type": "application/json"})
     assert again.json() == body
     assert len(build_containers.created()) == 1
+    await dclient.get("/stats")
     assert requests_rows(docker_settings)[1][8] is None  # a reused result has no duration
 
 
@@ -154,7 +162,7 @@ async def test_lts_uses_the_lts_image_and_rules(
     assert lts.status_code == latest.status_code == 200
     assert lts.json()["filename"] != latest.json()["filename"]
     z = await download(dclient, lts.json()["filename"])
-    assert b'U"ESC" : ledControl( 3, 15, 0 );' in z.read("KType-Mine-1.kll")
+    assert b'U"ESC" : ledControl( 0, 15 );' in z.read("KType-Mine-1.kll")  # mode 0-8 kept
     assert b"A[a]" not in z.read("KType-Mine-0.kll")
     images = sorted(e["Actor"]["Attributes"]["image"] for e in build_containers.created())
     assert images == [
@@ -187,7 +195,7 @@ async def test_concurrent_identical_requests_share_one_container(
 async def test_timeout_kills_the_build_and_reports_it(
     docker_settings: Settings, build_containers: Events
 ) -> None:
-    async for client in _client(replace(docker_settings, build_timeout=4)):
+    async with app_client(docker_settings.replace(build_timeout=4)) as client:
         start = time.monotonic()
         r = await client.post("/", json=request(ktype(custom="# KIISRV_TEST_SLEEP=120")))
         assert time.monotonic() - start < 60
@@ -202,7 +210,7 @@ async def test_timeout_kills_the_build_and_reports_it(
 async def test_queue_limit_answers_503_with_retry_after(
     docker_settings: Settings, build_containers: Events
 ) -> None:
-    async for client in _client(replace(docker_settings, max_builds=1, max_queue=1)):
+    async with app_client(docker_settings.replace(max_builds=1, max_queue=1)) as client:
         slow = [request(ktype(custom=f"# KIISRV_TEST_SLEEP=3 #{i}")) for i in range(3)]
         first = asyncio.create_task(client.post("/", json=slow[0]))
         await asyncio.sleep(0.5)
@@ -220,17 +228,13 @@ async def test_status_and_log_while_running(dclient: httpx.AsyncClient) -> None:
     body = request(ktype(custom="# KIISRV_TEST_SLEEP=3"))
     task = asyncio.create_task(dclient.post("/", json=body))
     server = dclient.app.state.kiisrv  # type: ignore[attr-defined]
-    for _ in range(50):
-        await asyncio.sleep(0.1)
-        if server.builder._jobs:
-            break
-    (hash_,) = list(server.builder._jobs)
-    for _ in range(50):
-        state = (await dclient.get(f"/builds/{hash_}")).json()["state"]
-        if state == "running":
-            break
-        await asyncio.sleep(0.1)
-    assert state == "running"
+    hash_ = (await server.plan(body)).job.hash
+
+    async def state() -> str:
+        r = await dclient.get(f"/builds/{hash_}")
+        return str(r.json()["state"]) if r.status_code == 200 else "unknown"
+
+    assert await eventually(state, lambda s: s == "running") == "running"
     live = ""
     for _ in range(50):
         live = (await dclient.get(f"/builds/{hash_}/log")).text
@@ -264,7 +268,7 @@ async def test_restart_removes_orphans_and_fails_unfinished_builds(
     work = docker_settings.builds_dir / ".work" / ("f" * 32)
     work.mkdir(parents=True)
     (work / "half-written.zip").write_bytes(b"PK\x03")
-    async for client in _client(docker_settings):
+    async with app_client(docker_settings) as client:
         assert build_containers.running() == []
         assert not work.exists()
         status = (await client.get("/builds/" + "f" * 32)).json()
@@ -273,7 +277,7 @@ async def test_restart_removes_orphans_and_fails_unfinished_builds(
 
 
 async def test_read_only_root_when_asked(docker_settings: Settings) -> None:
-    async for client in _client(replace(docker_settings, build_read_only=True, build_user="")):
+    async with app_client(docker_settings.replace(build_read_only=True, build_user="")) as client:
         r = await client.post("/", json=request(ktype()))
         assert r.status_code == 200, r.text
         z = await download(client, r.json()["filename"])

@@ -26,9 +26,18 @@ from docker import DockerClient
 
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
-from tests.docker.conftest import EXTRA_CA, TEST_CONTAINERS, TEST_IMAGE_PREFIX, Events
-from tests.docker.test_http import free_port
-from tests.helpers import CONFORMANCE, FIXTURE_LAYOUTS, REPO, ktype, request
+from tests.helpers import (
+    CONFORMANCE,
+    EXTRA_CA,
+    FIXTURE_LAYOUTS,
+    REPO,
+    TEST_CONTAINERS,
+    TEST_IMAGE_PREFIX,
+    Events,
+    free_port,
+    ktype,
+    request,
+)
 
 
 def compose_command() -> list[str]:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -14,9 +13,7 @@ import pytest
 from docker import DockerClient
 
 from kiisrv.settings import Settings
-from tests.conftest import _client
-from tests.docker.conftest import Events
-from tests.helpers import ktype, request
+from tests.helpers import Events, app_client, ktype, request
 
 pytestmark = pytest.mark.anyio
 REAL_SOCKET = Path(
@@ -29,7 +26,7 @@ async def test_engine_away_at_start_then_back(
 ) -> None:
     link = tmp_path / "engine" / "docker.sock"
     link.parent.mkdir()
-    async for client in _client(replace(docker_settings, docker_url=f"unix://{link}")):
+    async with app_client(docker_settings.replace(docker_url=f"unix://{link}")) as client:
         r = await client.get("/versions")
         assert r.status_code == 503 and "cannot be reached" in r.json()["error"]
         assert (await client.post("/", json=request(ktype()))).status_code == 503
@@ -81,8 +78,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 async def test_full_disk_is_a_clear_error_and_leaves_no_cache_entry(
     docker_settings: Settings, small_disk: Path, build_containers: Events
 ) -> None:
-    settings = replace(docker_settings, data_dir=small_disk / "data")
-    async for client in _client(settings):
+    settings = docker_settings.replace(data_dir=small_disk / "data")
+    async with app_client(settings) as client:
         filler = small_disk / "filler"
         free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
         filler.write_bytes(b"\0" * (free - 600 * 1024))  # leave ~600 KiB

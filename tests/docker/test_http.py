@@ -3,63 +3,16 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
 import time
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from kiisrv.settings import Settings
-from tests.docker.conftest import Events
-from tests.helpers import ktype, request, wait_for_http
+from tests.helpers import Events, ktype, request, serve
 
 CONFIGURATOR = {"User-Agent": "Kiibohd Configurator", "Accept": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Live:
-    base: str
-    pid: int
-
-
-@contextmanager
-def serve(settings: Settings, log: Path) -> Iterator[Live]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "KIISRV_HOST": "127.0.0.1",
-        "KIISRV_PORT": str(port),
-        "KIISRV_DATA_DIR": str(settings.data_dir),
-        "KIISRV_LAYOUTS_DIR": str(settings.layouts_dir),
-        "KIISRV_IMAGE_PREFIX": settings.image_prefix,
-        "KIISRV_INSTANCE": settings.instance,
-        "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
-    }
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kiisrv", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_for_http(f"{base}/healthz"):
-            raise AssertionError(f"server did not start:\n{log.read_text()}")
-        yield Live(base, proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_configurator_flow_and_restart(

@@ -14,9 +14,7 @@ from pathlib import Path
 import httpx
 
 from kiisrv.settings import Settings
-from tests.docker.conftest import Events
-from tests.docker.test_http import serve
-from tests.helpers import ktype, request, rss_kib
+from tests.helpers import Events, ktype, request, rss_kib, serve
 
 
 def test_load_keeps_every_request_and_no_5xx(

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import docker.errors
@@ -20,8 +19,7 @@ import pytest
 from docker import DockerClient
 
 from kiisrv.settings import Settings
-from tests.conftest import _client
-from tests.helpers import CONFORMANCE, NO_CONFORMANCE
+from tests.helpers import CONFORMANCE, NO_CONFORMANCE, app_client
 
 REAL_IMAGE = os.environ.get("KIISRV_REAL_IMAGE", "")
 pytestmark = [
@@ -50,8 +48,7 @@ async def test_real_firmware_build(
     prefix, _, container = repo.rpartition("controller-")
     env = "lts" if container == "050" else "latest"
     layout = LAYOUTS[env][index]
-    real = replace(
-        settings,
+    real = settings.replace(
         docker_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
         layouts_dir=layouts,
         image_prefix=prefix,
@@ -60,7 +57,7 @@ async def test_real_firmware_build(
         ccache_volume=f"{settings.instance}-ccache",
     )
     config = json.loads((layouts / f"{layout}.json").read_bytes())
-    async for client in _client(real):
+    async with app_client(real) as client:
         r = await client.post("/", json={"config": config, "env": env})
         assert r.status_code == 200, r.json().get("error")
         name = r.json()["filename"].rsplit("/", 1)[1]

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from kiisrv.settings import Settings
-from tests.docker.conftest import Events
-from tests.docker.test_http import serve
+from tests.helpers import Events, serve
 
 
 def test_no_generated_request_gets_a_server_error(

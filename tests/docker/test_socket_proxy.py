@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -12,10 +11,16 @@ from docker import DockerClient
 
 from kiisrv.engine import Engine
 from kiisrv.settings import Settings
-from tests.conftest import _client
-from tests.docker.conftest import Events
-from tests.docker.test_http import free_port
-from tests.helpers import REPO, TEST_IMAGE_PREFIX, ktype, request, wait_for_http
+from tests.helpers import (
+    REPO,
+    TEST_IMAGE_PREFIX,
+    Events,
+    app_client,
+    free_port,
+    ktype,
+    request,
+    wait_for_http,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +63,7 @@ def proxy(docker_client: DockerClient) -> Iterator[str]:
         ("POST", "/v1.41/networks/create"),
         ("GET", "/v1.41/swarm"),
         ("GET", "/v1.41/containers/json/../../info"),
+        ("GET", "/v1.41/containers/abc/archive?path=/controller"),
     ],
 )
 def test_refused(proxy: str, method: str, path: str) -> None:
@@ -66,24 +72,25 @@ def test_refused(proxy: str, method: str, path: str) -> None:
 
 
 def test_the_engine_class_works_through_it(proxy: str, controller_image: str) -> None:
-    engine = Engine(proxy.replace("http://", "tcp://"), timeout=30)
-    assert engine.ping()
-    images = engine.images()
-    assert f"{TEST_IMAGE_PREFIX}controller-057:latest" in images
-    version = engine.read_file(
-        f"{TEST_IMAGE_PREFIX}controller-057:latest", "/controller/kiisrv-version.json"
-    )
-    assert version is not None and b'"tag"' in version
-    assert isinstance(engine.containers("kiisrvtest-none"), list)
+    async def check() -> None:
+        engine = Engine(proxy.replace("http://", "tcp://"), timeout=30)
+        assert await engine.ping()
+        images = await engine.images()
+        image = images[f"{TEST_IMAGE_PREFIX}controller-057:latest"]
+        assert image.labels["io.kiisrv.release.tag"] == "v0.0.0-test"  # no archive call
+        assert isinstance(await engine.containers("kiisrvtest-none"), list)
+        engine.close()
+
+    asyncio.run(check())
 
 
 def test_a_build_through_the_proxy(
     proxy: str, docker_settings: Settings, build_containers: Events
 ) -> None:
     async def build() -> int:
-        async for client in _client(
-            replace(docker_settings, docker_url=proxy.replace("http://", "tcp://"))
-        ):
+        async with app_client(
+            docker_settings.replace(docker_url=proxy.replace("http://", "tcp://"))
+        ) as client:
             r = await client.post("/", json=request(ktype()))
             return r.status_code
         return 0

@@ -1,0 +1,111 @@
+"""Request -> build plan: everything decided before anything is written or run.
+
+Pure apart from reading the base layouts (cached by the layout store): no database,
+no Docker, no clock. The target image is resolved by the caller and passed in, so the
+same planner serves HTTP requests, the canary and, later, other machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kiisrv import kll
+from kiisrv.catalog import Available
+from kiisrv.errors import InvalidLayout
+from kiisrv.jobs import Job
+from kiisrv.layout import BuildRequest, parse_request
+from kiisrv.layouts import LayoutStore
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One distinct build: its job, its image, its inputs and the container's parameters."""
+
+    job: Job
+    target: Available
+    files: list[kll.KllFile]
+    params: kll.BuildParams
+    layout_name: str
+    layout_json: bytes
+    board: str
+    variant: str
+
+    @property
+    def layers(self) -> int:
+        return len(self.files)
+
+
+def request_hash(target: Available, config: Any) -> str:
+    """Identifies (image, LTS rules, layout), whatever the key order or whitespace.
+
+    Keys are sorted, but the order of ``animations`` changes the KLL, so it is hashed
+    as well. The image id is included so a rebuilt controller image rebuilds firmware.
+    """
+    animations = config.get("animations") if isinstance(config, dict) else None
+    material = json.dumps(
+        {
+            "container": target.version.container,
+            "image": target.image_id,
+            "lts": target.version.lts,
+            "animation_order": list(animations) if isinstance(animations, dict) else [],
+            "config": config,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def zip_stem(name: str, layout: str, hash_: str) -> str:
+    """``<Name>-<Layout>-<hash>`` as the released Configurators parse it back.
+
+    Their regex (API.md) splits at the *last* two dashes before the hash, so the board
+    may hold a dash (``K-Type``) but the layout part must not: ``My-Ergo`` on MDErgo1
+    read as board ``MDErgo1-My`` and the client looked for the wrong firmware file.
+    Only the zip's name changes; the KLL file names stay as the reference wrote them.
+    """
+    return f"{kll.sanitise(name)}-{kll.sanitise(layout).replace('-', '_')}-{hash_}"
+
+
+class Planner:
+    def __init__(self, layouts: LayoutStore) -> None:
+        self.layouts = layouts
+
+    def validate(self, body: Any) -> BuildRequest:
+        """The request model and a known keyboard, or the ClientError that says why not."""
+        request = parse_request(body)
+        kll.build_script(request.config)  # UnknownKeyboard before anything else
+        return request
+
+    def plan(self, body: Any, target: Available) -> Plan:
+        request = self.validate(body)
+        layout = request.config
+        base = self.layouts.load_base(kll.base_file_name(layout, target.version.lts))
+        generated = kll.generate(layout, base, target.version.lts)
+        if not generated:
+            raise InvalidLayout("matrix: no key has any layer, so there is nothing to build")
+        # File names feed DefaultMapOverride, a space-separated list: no spaces there.
+        files = [kll.KllFile(kll.sanitise(f.name), f.content) for f in generated]
+        board = kll.board_name(layout)
+        variant = kll.sanitise(layout.header.Layout)
+        hash_ = request_hash(target, body["config"])
+        job = Job(
+            hash=hash_,
+            stem=zip_stem(layout.header.Name, layout.header.Layout, hash_),
+            version=target.version.name,
+            container=target.version.container,
+        )
+        return Plan(
+            job=job,
+            target=target,
+            files=files,
+            params=kll.build_params(layout, files),
+            layout_name=f"{board}-{variant}.json",
+            layout_json=json.dumps(body["config"], ensure_ascii=False).encode(),
+            board=board,
+            variant=variant,
+        )

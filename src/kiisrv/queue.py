@@ -1,0 +1,152 @@
+"""Deduplication, admission and slots: which build runs when, and who waits for it.
+
+``BuildQueue`` is the seam for running builds elsewhere (an RQ or arq queue on Redis):
+the core only submits plans and asks about hashes, so a distributed queue can replace
+``LocalQueue`` without touching the planner or the runner.
+
+``LocalQueue`` keeps one in-flight record per hash. Identical plans await the same
+future; the build runs in its own task so a client that hangs up does not cancel it.
+Distinct builds wait for one of ``max_builds`` slots in arrival order; past
+``max_queue`` waiting builds a new one is refused with 503. The job row is written
+*before* the record is registered: if that write fails, nothing is left behind that
+could make later identical requests wait forever or count against the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kiisrv.errors import EngineNotFound, KiisrvError, QueueFull, Unavailable
+from kiisrv.jobs import Job, JobState
+from kiisrv.planner import Plan
+from kiisrv.runner import Runner
+from kiisrv.storage import Storage, now
+
+log = logging.getLogger("kiisrv.queue")
+
+
+class BuildQueue(Protocol):
+    async def submit(self, plan: Plan) -> Job:
+        """Run the plan's build (or join the identical one in flight); the finished job."""
+        ...
+
+    def current(self, hash_: str) -> Job | None:
+        """The job of a build queued or running, None otherwise."""
+        ...
+
+    def in_use(self) -> set[str]:
+        """Hashes whose files must not be pruned: queued or running builds."""
+        ...
+
+    async def live_log(self, hash_: str) -> bytes | None:
+        """The output so far of a running build; None when it is not running."""
+        ...
+
+    async def close(self) -> None:
+        """Stop the builds in flight; each records its own failure."""
+        ...
+
+
+@dataclass
+class _InFlight:
+    job: Job
+    future: asyncio.Future[Job]
+    container: str | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class LocalQueue:
+    """Builds in this process, at most ``max_builds`` at once."""
+
+    def __init__(self, runner: Runner, storage: Storage, max_builds: int, max_queue: int):
+        self.runner = runner
+        self.storage = storage
+        self.max_queue = max_queue
+        self._slots = asyncio.Semaphore(max(1, max_builds))
+        self._inflight: dict[str, _InFlight] = {}
+
+    async def submit(self, plan: Plan) -> Job:
+        record = self._inflight.get(plan.job.hash)
+        if record is None:
+            record = await self._admit(plan)
+        return await asyncio.shield(record.future)
+
+    async def _admit(self, plan: Plan) -> _InFlight:
+        queued = sum(1 for r in self._inflight.values() if r.job.state is JobState.QUEUED)
+        if queued >= self.max_queue:
+            raise QueueFull(
+                f"{queued} builds are already waiting; try again in a minute", retry_after=60
+            )
+        await self.storage.run(self.storage.save_job, plan.job)  # may raise: nothing registered
+        existing = self._inflight.get(plan.job.hash)  # an identical request won the race
+        if existing is not None:
+            return existing
+        record = _InFlight(plan.job, asyncio.get_running_loop().create_future())
+        self._inflight[plan.job.hash] = record
+        record.task = asyncio.create_task(self._run(plan, record), name=f"build-{plan.job.hash}")
+        return record
+
+    def current(self, hash_: str) -> Job | None:
+        record = self._inflight.get(hash_)
+        return record.job if record else None
+
+    def in_use(self) -> set[str]:
+        return set(self._inflight)
+
+    async def live_log(self, hash_: str) -> bytes | None:
+        record = self._inflight.get(hash_)
+        if record is None or record.container is None:
+            return None
+        with contextlib.suppress(EngineNotFound):
+            return await self.runner.engine.logs(record.container)
+        return None
+
+    async def close(self) -> None:
+        tasks = [r.task for r in self._inflight.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _run(self, plan: Plan, record: _InFlight) -> None:
+        job = plan.job
+        output = b""
+        try:
+            await self.runner.stage(plan)
+            async with self._slots:
+                job.state = JobState.RUNNING
+                job.started_at = now()
+                await self.storage.run(self.storage.save_job, job)
+
+                def running_in(cid: str) -> None:
+                    record.container = cid
+
+                output = await self.runner.run(plan, running_in)
+        except asyncio.CancelledError:
+            job.error = "the server shut down before this build finished"
+            raise
+        except Unavailable as exc:
+            job.error = exc.message
+            job.retry_later = True
+        except KiisrvError as exc:
+            job.error = exc.message
+        except Exception as exc:  # a bug of ours: report it, never leave waiters hanging
+            log.exception("build %s crashed", job.hash)
+            job.error = f"internal error: {exc}"
+        finally:
+            try:
+                await self.runner.finish(plan, output)
+            except Exception as exc:  # e.g. the database cannot be written
+                log.exception("could not record build %s", job.hash)
+                job.state = JobState.FAILED
+                job.retry_later = True
+                job.error = job.error or f"could not record the build result: {exc}"
+            finally:
+                self._inflight.pop(job.hash, None)
+                if not record.future.done():
+                    record.future.set_result(job)

@@ -1,0 +1,214 @@
+"""One build: stage its inputs, run its container, publish what came out.
+
+The runner knows nothing of other builds: deduplication, admission and slots are the
+queue's (``queue.py``). Its file work (rmtree, os.replace, writing zips) runs in worker
+threads, never on the event loop, and its Engine calls go through the engine's own
+pool. It also settles builds a killed server left behind: a zip the container had
+finished is published, anything else gets an error zip saying why, so every filename
+the server reports exists and every build has a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio.to_thread
+
+from kiisrv.artifacts import log_tail, publish, write_zip
+from kiisrv.containers import WORK_SUBDIR, build_container_spec
+from kiisrv.engine import Engine
+from kiisrv.errors import EngineTimeout, KiisrvError, NotFound
+from kiisrv.jobs import Job, JobState
+from kiisrv.planner import Plan
+from kiisrv.settings import Settings
+from kiisrv.storage import Storage, now
+
+log = logging.getLogger("kiisrv.runner")
+
+RESTART_REASON = "the server restarted before this build finished; send the request again"
+
+
+class Runner:
+    def __init__(self, settings: Settings, storage: Storage, engine: Engine) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.engine = engine
+
+    @property
+    def work_dir(self) -> Path:
+        return self.settings.builds_dir / WORK_SUBDIR
+
+    # -- one build -------------------------------------------------------------------
+
+    async def stage(self, plan: Plan) -> None:
+        await anyio.to_thread.run_sync(self._write_inputs, plan)
+
+    async def run(self, plan: Plan, on_container: Callable[[str], None]) -> bytes:
+        """The container's output; sets ``job.error`` when the build did not succeed."""
+        job = plan.job
+        spec = build_container_spec(
+            self.settings,
+            image=plan.target.image,
+            job_hash=job.hash,
+            script=plan.params.script,
+            zip_name=f"{job.stem}.zip",
+            environment=plan.params.environment(),
+            suffix=secrets.token_hex(3),
+        )
+        cid = await self.engine.start(spec)
+        on_container(cid)
+        try:
+            try:
+                status = await self.engine.wait(cid, self.settings.build_timeout)
+            except EngineTimeout:
+                await self.engine.kill(cid)
+                output = await self.engine.logs(cid)
+                job.error = (
+                    f"the build took longer than {self.settings.build_timeout:g} s and was "
+                    f"stopped; end of the log:\n{log_tail(output)}"
+                )
+                return output
+            output = await self.engine.logs(cid)
+            if status != 0:
+                job.error = f"the build failed (exit status {status}); end of the log:\n" + (
+                    log_tail(output)
+                )
+            return output
+        finally:
+            # Removal must happen even when the build task is cancelled (shutdown).
+            await asyncio.shield(self.engine.remove(cid))
+
+    async def finish(self, plan: Plan, output: bytes) -> None:
+        """Publish the zip the container left, or write an error zip; record the job."""
+        await anyio.to_thread.run_sync(self._publish, plan, output)
+        job = plan.job
+        job.finished_at = now()
+        if job.started_at:
+            job.duration_ms = int((job.finished_at - job.started_at).total_seconds() * 1000)
+        await self.storage.run(self.storage.save_job, job)
+
+    async def read_log(self, job: Job) -> bytes:
+        """``log/build.log`` out of a finished build's zip."""
+        path = self.settings.builds_dir / job.zip_name
+
+        def read() -> bytes:
+            with zipfile.ZipFile(path) as z:
+                return z.read("log/build.log")
+
+        try:
+            return await anyio.to_thread.run_sync(read)
+        except (OSError, KeyError, zipfile.BadZipFile):
+            raise NotFound(f"the log of build {job.hash} is no longer kept") from None
+
+    # -- after a restart ---------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """No orphan containers, no half-written work, no build left without its zip."""
+        await anyio.to_thread.run_sync(self._make_dirs)
+        jobs = await self.storage.run(self.storage.unfinished_jobs)
+        for job in jobs:
+            await anyio.to_thread.run_sync(self._settle, job)
+            await self.storage.run(self.storage.save_job, job)
+        if jobs:
+            log.warning("%d build(s) were cut short by a restart; settled", len(jobs))
+        await anyio.to_thread.run_sync(self._clear_work)
+        try:
+            orphans = await self.engine.containers(self.settings.instance)
+        except KiisrvError as exc:
+            log.warning("could not look for orphan build containers: %s", exc.message)
+            return
+        for cid in orphans:
+            log.warning("removing orphan build container %s", cid[:12])
+            await self.engine.remove(cid)
+
+    # -- blocking file work (worker threads) -----------------------------------------
+
+    def _make_dirs(self) -> None:
+        for d in (self.settings.config_dir, self.settings.builds_dir, self.work_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _write_inputs(self, plan: Plan) -> None:
+        config = self.settings.config_dir / plan.job.hash
+        shutil.rmtree(config, ignore_errors=True)
+        config.mkdir(parents=True)
+        for f in plan.files:
+            (config / f.name).write_text(f.content, encoding="utf-8")
+        (config / plan.layout_name).write_bytes(plan.layout_json)
+        work = self.work_dir / plan.job.hash
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        work.chmod(0o777)  # the build may run as another uid than the server
+
+    def _publish(self, plan: Plan, output: bytes) -> None:
+        job = plan.job
+        work = self.work_dir / job.hash
+        made = work / f"{job.stem}.zip"
+        made_error = work / f"{job.stem}_error.zip"
+        try:
+            if job.error is None and made.is_file():
+                publish(made, self.settings.builds_dir / f"{job.stem}.zip")
+                job.state = JobState.SUCCEEDED
+            else:
+                if job.error is None:
+                    job.error = "the build finished without producing a zip\n" + log_tail(output)
+                job.state = JobState.FAILED
+                dest = self.settings.builds_dir / f"{job.stem}_error.zip"
+                if made_error.is_file():
+                    publish(made_error, dest)
+                else:
+                    write_zip(dest, _error_members(plan, output))
+        except OSError as exc:
+            log.error("could not publish build %s: %s", job.hash, exc)
+            job.state = JobState.FAILED
+            job.retry_later = True
+            job.error = f"could not store the build result: {exc.strerror or exc}"
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _settle(self, job: Job) -> None:
+        """A build a killed server had started: keep its zip, or explain in an error zip."""
+        work = self.work_dir / job.hash
+        made = work / f"{job.stem}.zip"
+        job.finished_at = now()
+        try:
+            if made.is_file():
+                publish(made, self.settings.builds_dir / f"{job.stem}.zip")
+                job.state, job.error = JobState.SUCCEEDED, None
+                return
+            job.state, job.error = JobState.FAILED, RESTART_REASON
+            config = self.settings.config_dir / job.hash
+            members = {
+                **{
+                    p.name: p.read_bytes()
+                    for p in sorted(config.glob("*"))
+                    if p.is_file() and not p.is_symlink()
+                },
+                "log/build.log": RESTART_REASON.encode() + b"\n",
+            }
+            write_zip(self.settings.builds_dir / f"{job.stem}_error.zip", members)
+            shutil.rmtree(config, ignore_errors=True)
+        except OSError as exc:
+            log.error("could not settle build %s: %s", job.hash, exc)
+            job.state, job.error = JobState.FAILED, RESTART_REASON
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _clear_work(self) -> None:
+        for leftover in self.work_dir.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _error_members(plan: Plan, output: bytes) -> dict[str, bytes]:
+    members: dict[str, bytes] = {}
+    for f in plan.files:
+        members[f.name] = f.content.encode()
+        members[f"kll/{f.name}"] = f.content.encode()
+    members[plan.layout_name] = plan.layout_json
+    members["log/build.log"] = output or (plan.job.error or "").encode()
+    return members
