@@ -143,15 +143,10 @@ async def main(args: argparse.Namespace) -> None:
                 times[label].append(took)
                 if label == "after":
                     phases += re.findall(r"@@@@@ (?:Prepared|Phases).*", log)
-        report(
-            f"- KType-Standard, request to zip, before (1-CPU quota, no warm tree): {med(times['before'])}"
-        )
-        report(
-            f"- KType-Standard, request to zip, after (warm tree, CPU shares): {med(times['after'])}"
-        )
-        report(
-            f"- ratio after/before: {statistics.median(times['after']) / statistics.median(times['before']):.2f}"
-        )
+        b, a = times["before"], times["after"]
+        report(f"- KType-Standard, request to zip, before (1-CPU quota, cold): {med(b)}")
+        report(f"- KType-Standard, request to zip, after (warm tree, CPU shares): {med(a)}")
+        report(f"- ratio after/before: {statistics.median(a) / statistics.median(b):.2f}")
         report("- phases inside the container (after), last run: " + "; ".join(phases[-2:]))
 
         ergo_times = [(await build(after, variant(ergo, i)))[0] for i in range(1, args.runs + 1)]

@@ -71,7 +71,6 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
     import tempfile
 
     from kiisrv import canary
-    from kiisrv.builder import Client
 
     layouts_dir = args.layouts_dir or settings.layouts_dir
     report_path = args.output or settings.data_dir / canary.REPORT_NAME
@@ -80,8 +79,7 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
         # Its own data folder and instance name: a server running beside it keeps its
         # builds, containers and statistics to itself.
         server = Kiisrv(
-            replace(
-                settings,
+            settings.replace(
                 data_dir=data_dir,
                 layouts_dir=layouts_dir,
                 instance=f"{settings.instance}-canary",
@@ -103,10 +101,9 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
                 for name, a in offered.items()
                 if name in versions
             }
-            client = Client(ip="canary", user_agent=f"kiisrv canary {__version__}")
 
             async def submit(body: dict[str, object]) -> canary.Answer:
-                outcome = await server.builder.build(body, client)
+                outcome = await server.build(body)
                 return canary.Answer(
                     outcome.success, outcome.cached, outcome.filename, outcome.job.error
                 )
