@@ -8,13 +8,14 @@
 # DefaultMapOverride, PartialMapsExpandedOverride, Layout, SPLIT_KEYBOARD=1 for boards
 # built as two halves; KIISRV_WARM=0 builds from nothing. Exits with the build's status.
 #
-# Why a build takes about a second: the image holds warm trees (warm.sh), each keyboard
-# configured and compiled at the fixed path used here, with the date pinned. When the
-# request's maps (renamed layer-<n>, env.sh) match a warm tree, the tree is copied and
-# ninja alone runs: it regenerates the KLL and recompiles what the new headers touch,
-# and ccache serves every object whose preprocessed text did not change. Otherwise the
-# keyboard script runs as usual (from the nearest warm tree when there is one, so that
-# only CMake's configure is added). Either way the firmware is the same bytes.
+# Why a build takes a second or three: the image holds warm trees (warm.sh), each
+# keyboard configured and compiled at the fixed path used here, with the date pinned.
+# When the request's maps (renamed layer-<n>, env.sh) match a warm tree, the tree is
+# copied and ninja alone runs: it regenerates the KLL and recompiles what includes a
+# generated header that changed (bin/kll keeps unchanged ones' timestamps), and ccache
+# serves objects already compiled against the same headers by an earlier build.
+# Otherwise the keyboard script runs as usual (from the nearest warm tree when there is
+# one, so that only CMake's configure is added). Either way the firmware is the same.
 set -uo pipefail
 shopt -s nullglob
 
@@ -54,8 +55,6 @@ if [ -n "${CCACHE_DIR:-}" ] && ! touch "${CCACHE_DIR}/.kiisrv-write-test" 2>/dev
 	say "warning: ${CCACHE_DIR} is not writable by uid $(id -u); building without ccache"
 	export CCACHE_DISABLE=1
 fi
-# The image's own cache, filled while its warm trees were built: read, never written.
-[ -d "${WARM_DIR}/ccache" ] && export CCACHE_SECONDARY_STORAGE="file:${WARM_DIR}/ccache|read-only=true"
 
 inputs=("${KLL_DIR}"/*.kll)
 [ "${#inputs[@]}" -gt 0 ] || { say "no input files in ${KLL_DIR}"; exit 66; }
@@ -89,7 +88,7 @@ build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixe
 	t0="$(now_ms)"
 	mkdir -p "$dir"
 	[ -n "$tree" ] && cp -a "${tree}." "$dir/"
-	rm -f "$dir"/layer-*.kll
+	rm -f "$dir"/layer-*.kll "${dir}/.kiisrv-kll-ok"
 	# Copied, not linked: newer than the tree's outputs, so ninja regenerates the KLL.
 	for src in "${!CANON[@]}"; do
 		cp -- "${KLL_DIR}/${src}.kll" "${dir}/${CANON[$src]}.kll"
@@ -107,9 +106,19 @@ build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixe
 				"./${script}" -c "$CONTROLLER_DIR" -o "$dir") 2>&1 | tee -a "${out}/script.log"
 		status="${PIPESTATUS[0]}"
 	fi
-	for src in kiibohd.dfu.bin kiibohd.secure.dfu.bin kll.json generatedKeymap.h kll_defs.h; do
-		[ -f "${dir}/${src}" ] && cp -- "${dir}/${src}" "${out}/"
-	done
+	# A warm tree holds the outputs of its own layers: only what this build made may
+	# go into the zip. Firmware only from a success; the generated headers when the
+	# KLL step of this build succeeded (bin/kll leaves .kiisrv-kll-ok).
+	if [ "$status" -eq 0 ]; then
+		for src in kiibohd.dfu.bin kiibohd.secure.dfu.bin; do
+			[ -f "${dir}/${src}" ] && cp -- "${dir}/${src}" "${out}/"
+		done
+	fi
+	if [ "$status" -eq 0 ] || [ -f "${dir}/.kiisrv-kll-ok" ]; then
+		for src in kll.json generatedKeymap.h kll_defs.h; do
+			[ -f "${dir}/${src}" ] && cp -- "${dir}/${src}" "${out}/"
+		done
+	fi
 	return "$status"
 }
 

@@ -18,6 +18,11 @@ export PATH="/usr/local/lib/kiisrv/bin:/usr/lib/ccache:${VIRTUAL_ENV}/bin:${PATH
 KIISRV_BUILD_DATE="$(sed -n 's/.*"date": *"\([^"]*\)".*/\1/p' "${CONTROLLER_DIR}/kiisrv-version.json" 2>/dev/null)"
 export KIISRV_BUILD_DATE
 
+# Objects are compiled with -ggdb3, so every macro of the generated kll_defs.h is in
+# every object: ccache can only hit on identical headers, and running the preprocessor
+# on a miss (its default) would be wasted. Depend mode hashes the compiler's own -MD.
+export CCACHE_DEPEND=1
+
 # The KLL compiler through kiisrv's wrapper (bin/kll): cached probes, and unchanged
 # generated headers keep their timestamps. The keyboard scripts pass CMakeExtraArgs on.
 export CMakeExtraArgs="-DKLL_EXECUTABLE=/usr/local/lib/kiisrv/bin/kll -DKLL_WORKING_DIRECTORY=${CONTROLLER_DIR}"

@@ -6,15 +6,15 @@
 # For each script and each layer count, configures and compiles the keyboard at the
 # fixed path requests build at, with placeholder layers named as requests' layers are
 # (layer-0 ...), and keeps the tree in $WARM_DIR/<script stem>/<count>/ with the maps it
-# was configured for. The objects go into $WARM_DIR/ccache, which builds read as a
-# read-only second cache. A keyboard that does not build here is left cold, not fatal:
+# was configured for. A keyboard that does not build here is left cold, not fatal:
 # its requests then build from nothing, as before.
 set -euo pipefail
 scripts="$1" counts="$2" partial_prefix="${3:-}"
 # shellcheck source=docker/controller/env.sh
 source /usr/local/lib/kiisrv/env.sh
-export CCACHE_DIR="${WARM_DIR}/ccache" KIISRV_WARMING=1
-mkdir -p "$CCACHE_DIR"
+# A ccache of its own, for the trees of one keyboard to share; not kept in the image.
+CCACHE_DIR="$(mktemp -d)"
+export CCACHE_DIR KIISRV_WARMING=1
 link_kll_cache
 layers="$(mktemp -d)"
 stock_dir="$(python3 -m kll --path 2>/dev/null || true)/layouts"
@@ -68,6 +68,9 @@ for script in $scripts; do
 		cp "${layers}"/*.kll "${BUILD_ROOT}/${stem}/"
 		if (cd "${CONTROLLER_DIR}/Keyboards" && "./${script}" -c "$CONTROLLER_DIR" -o "${BUILD_ROOT}/${stem}") \
 			> "${layers}/build.log" 2>&1; then
+			# Every request relinks: the firmware and the link's outputs would only be
+			# dead weight in the image, and a stale firmware is never there to be shipped.
+			rm -f "${BUILD_ROOT}/${stem}"/kiibohd.* "${BUILD_ROOT}/${stem}/link.map"
 			mkdir -p "${WARM_DIR}/${stem}"
 			mv "${BUILD_ROOT}/${stem}" "${WARM_DIR}/${stem}/${count}"
 			printf '%s' "$MAPS" > "${WARM_DIR}/${stem}/${count}/kiisrv-maps"
@@ -80,3 +83,4 @@ for script in $scripts; do
 done
 rm -rf "$layers" "${BUILD_ROOT:?}" /tmp/*hid-io-layouts*
 if command -v ccache >/dev/null; then ccache --show-stats | head -n 5; fi
+rm -rf "$CCACHE_DIR"

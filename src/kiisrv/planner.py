@@ -38,11 +38,13 @@ class Plan:
         return len(self.files)
 
 
-def request_hash(target: Available, config: Any) -> str:
-    """Identifies (image, LTS rules, layout), whatever the key order or whitespace.
+def request_hash(target: Available, config: Any, params: kll.BuildParams | None = None) -> str:
+    """Identifies (image, LTS rules, layout, build parameters), whatever the key order.
 
     Keys are sorted, but the order of ``animations`` changes the KLL, so it is hashed
-    as well. The image id is included so a rebuilt controller image rebuilds firmware.
+    as well. The image id is included so a rebuilt controller image rebuilds firmware,
+    and the container's parameters so that a change of the server's rules (which maps a
+    build names) is not answered with a zip built under the old ones.
     """
     animations = config.get("animations") if isinstance(config, dict) else None
     material = json.dumps(
@@ -52,6 +54,7 @@ def request_hash(target: Available, config: Any) -> str:
             "lts": target.version.lts,
             "animation_order": list(animations) if isinstance(animations, dict) else [],
             "config": config,
+            "params": [params.script, params.environment()] if params else None,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -92,7 +95,8 @@ class Planner:
         files = [kll.KllFile(kll.sanitise(f.name), f.content) for f in generated]
         board = kll.board_name(layout)
         variant = kll.sanitise(layout.header.Layout)
-        hash_ = request_hash(target, body["config"])
+        params = kll.build_params(layout, files)
+        hash_ = request_hash(target, body["config"], params)
         job = Job(
             hash=hash_,
             stem=zip_stem(layout.header.Name, layout.header.Layout, hash_),
@@ -103,7 +107,7 @@ class Planner:
             job=job,
             target=target,
             files=files,
-            params=kll.build_params(layout, files),
+            params=params,
             layout_name=f"{board}-{variant}.json",
             layout_json=json.dumps(body["config"], ensure_ascii=False).encode(),
             board=board,
