@@ -40,7 +40,7 @@ def _generate_case(channel: str, case: str) -> dict[str, str]:
         store = LayoutStore(CONFORMANCE / "layouts")
         layout = parse_layout(json.loads((CONFORMANCE / "layouts" / f"{case}.json").read_bytes()))
         lts = channel == "lts"
-        base = store.load_base(kll.base_file_name(layout, lts))
+        base = store.load_base(kll.base_file_names(layout, lts))
         _generated[(channel, case)] = {f.name: f.content for f in kll.generate(layout, base, lts)}
     return _generated[(channel, case)]
 
@@ -289,3 +289,20 @@ def test_one_layer_keeps_the_stock_layers_only_when_layer_0_can_reach_them() -> 
         assert kll.build_params(parse_layout(doc), files).partial_maps == "", value
     doc["matrix"][0]["layers"]["0"] = {"key": "FUNCTIONAL"}
     assert kll.build_params(parse_layout(doc), files).partial_maps == ";"
+
+
+def test_lts_whitefox_without_an_lts_base_takes_its_own_base(tmp_path: Path) -> None:
+    """WhiteFox-AllBlank and WhiteFox-Blank have no .lts.json base upstream."""
+    for name in ("WhiteFox-TestBase.json", "WhiteFox-TestBase.lts.json"):
+        (tmp_path / name.replace("TestBase", "Only" if "lts" not in name else "Other")).write_text(
+            (FIXTURE_LAYOUTS / name).read_text()
+        )
+    store = LayoutStore(tmp_path)
+    doc = parse_layout({"header": header(name="WhiteFox", base="Only"), "matrix": []})
+    assert kll.base_file_names(doc, lts=True) == ["WhiteFox-Only.lts.json", "WhiteFox-Only.json"]
+    assert store.load_base(kll.base_file_names(doc, lts=True)).header.Base == "TestBase"
+    other = parse_layout({"header": header(name="WhiteFox", base="Other"), "matrix": []})
+    assert store.load_base(kll.base_file_names(other, lts=True)).matrix[0].layers[0].key == "LTS_B"
+    with pytest.raises(InvalidLayout, match="no base layout 'WhiteFox-Other.json'"):
+        store.load_base(kll.base_file_names(other, lts=False))
+    assert kll.base_file_names(parse_layout(ktype()), lts=True) == ["KType-TestBase.json"]

@@ -18,6 +18,12 @@ export PATH="/usr/local/lib/kiisrv/bin:/usr/lib/ccache:${VIRTUAL_ENV}/bin:${PATH
 KIISRV_BUILD_DATE="$(sed -n 's/.*"date": *"\([^"]*\)".*/\1/p' "${CONTROLLER_DIR}/kiisrv-version.json" 2>/dev/null)"
 export KIISRV_BUILD_DATE
 
+# The KLL compiler iterates over sets of strings in places: with Python's per-process
+# hash seed, the same layout can come out with its tables in another order (a different
+# generatedKeymap.h, different firmware bytes, a ccache miss). A fixed seed makes it
+# deterministic.
+export PYTHONHASHSEED=0
+
 # Objects are compiled with -ggdb3, so every macro of the generated kll_defs.h is in
 # every object: ccache can only hit on identical headers, and running the preprocessor
 # on a miss (its default) would be wasted. Depend mode hashes the compiler's own -MD.

@@ -32,7 +32,7 @@ def _kll(args: argparse.Namespace, settings: Settings) -> int:
     store = LayoutStore(args.layouts_dir or settings.layouts_dir)
     layout = parse_layout(json.loads(Path(args.layout).read_bytes()))
     lts = args.channel == "lts"
-    base = store.load_base(kll.base_file_name(layout, lts))
+    base = store.load_base(kll.base_file_names(layout, lts))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     for f in kll.generate(layout, base, lts):

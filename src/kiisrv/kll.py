@@ -76,9 +76,22 @@ def board_name(layout: Layout) -> str:
 
 def base_file_name(layout: Layout, lts: bool) -> str:
     """The server's own layout file that the user's map is laid over."""
+    return base_file_names(layout, lts)[0]
+
+
+def base_file_names(layout: Layout, lts: bool) -> list[str]:
+    """The base layouts to lay the user's map over, the first that exists.
+
+    WhiteFox on LTS takes ``<name>-<Base>.lts.json`` (KLL_GENERATION.md). The layouts
+    folder has none for the AllBlank and Blank bases, and the reference answered 400;
+    their own ``.json`` is the natural base there (for AllBlank it is the very file
+    every ``.lts.json`` alias points to), and real v0.5.0 builds of both succeed with it.
+    """
     name = board_name(layout)
-    suffix = ".lts.json" if lts and name.lower() == "whitefox" else ".json"
-    return f"{name}-{layout.header.Base}{suffix}"
+    plain = f"{name}-{layout.header.Base}.json"
+    if lts and name.lower() == "whitefox":
+        return [f"{name}-{layout.header.Base}.lts.json", plain]
+    return [plain]
 
 
 def build_script(layout: Layout) -> str:

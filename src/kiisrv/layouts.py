@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -73,15 +74,19 @@ class LayoutStore:
             raise NotFound(f"no layout {path.name!r} at revision {rev!r}")
         return content
 
-    def load_base(self, name: str) -> Layout:
-        try:
-            path = self.resolve(name)
-        except NotFound:
-            raise InvalidLayout(
-                f"header.Base: the server has no base layout {name!r} for this keyboard"
-            ) from None
-        stat = path.stat()
-        return _parse_cached(path, stat.st_mtime_ns, stat.st_size)
+    def load_base(self, names: str | Sequence[str]) -> Layout:
+        """The first of ``names`` that exists, parsed (and cached while unchanged)."""
+        candidates = [names] if isinstance(names, str) else list(names)
+        for name in candidates:
+            try:
+                path = self.resolve(name)
+            except NotFound:
+                continue
+            stat = path.stat()
+            return _parse_cached(path, stat.st_mtime_ns, stat.st_size)
+        raise InvalidLayout(
+            f"header.Base: the server has no base layout {candidates[0]!r} for this keyboard"
+        )
 
 
 @lru_cache(maxsize=128)

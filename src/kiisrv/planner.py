@@ -87,7 +87,7 @@ class Planner:
     def plan(self, body: Any, target: Available) -> Plan:
         request = self.validate(body)
         layout = request.config
-        base = self.layouts.load_base(kll.base_file_name(layout, target.version.lts))
+        base = self.layouts.load_base(kll.base_file_names(layout, target.version.lts))
         generated = kll.generate(layout, base, target.version.lts)
         if not generated:
             raise InvalidLayout("matrix: no key has any layer, so there is nothing to build")

@@ -185,7 +185,7 @@ def test_real_warm_firmware_is_byte_identical_to_a_cold_build(
     lts = REAL_IMAGE.split(":")[0].endswith("050")
     doc = json.loads((layouts / f"{layout}.json").read_bytes())
     store = LayoutStore(layouts)
-    base = store.load_base(kll.base_file_name(parse_layout(doc), lts))
+    base = store.load_base(kll.base_file_names(parse_layout(doc), lts))
     files = {f.name: f.content for f in kll.generate(parse_layout(doc), base, lts)}
     params = kll.build_params(parse_layout(doc), [kll.KllFile(n, "") for n in files])
     env = params.environment()
