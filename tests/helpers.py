@@ -31,6 +31,29 @@ FIXTURE_LAYOUTS = REPO / "tests" / "fixtures" / "layouts"
 CONFORMANCE = Path(os.environ.get("KIISRV_CONFORMANCE_DIR", REPO.parent / "shared" / "conformance"))
 NO_CONFORMANCE = f"reference data not found at {CONFORMANCE} (../shared/conformance)"
 
+REAL_IMAGE_HOWTO = (
+    "set KIISRV_REAL_IMAGE to a real controller image, e.g. kiisrv-controller-057:latest "
+    "(built with docker/controller/Dockerfile: docs/controller-images.md)"
+)
+
+
+def real_layouts() -> Path:
+    """The layouts real-image tests build: KIISRV_LAYOUTS_DIR, else the reference set."""
+    explicit = os.environ.get("KIISRV_LAYOUTS_DIR")
+    layouts = Path(explicit) if explicit else CONFORMANCE / "layouts"
+    if not layouts.is_dir():
+        import pytest
+
+        why = (
+            f"KIISRV_LAYOUTS_DIR={explicit} is not a folder"
+            if explicit
+            else f"KIISRV_LAYOUTS_DIR is unset and {layouts} does not exist: set it to a "
+            "layouts folder (kiisrv layouts fetch, or ../shared/conformance/layouts)"
+        )
+        pytest.skip(why)
+    return layouts
+
+
 # Names of the containers and images the tests make. Two checkouts can run the Docker
 # suite on one daemon at once when each sets its own.
 TEST_PREFIX = os.environ.get("KIISRV_TEST_PREFIX", "kiisrvtest-")

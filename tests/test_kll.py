@@ -303,6 +303,6 @@ def test_lts_whitefox_without_an_lts_base_takes_its_own_base(tmp_path: Path) -> 
     assert store.load_base(kll.base_file_names(doc, lts=True)).header.Base == "TestBase"
     other = parse_layout({"header": header(name="WhiteFox", base="Other"), "matrix": []})
     assert store.load_base(kll.base_file_names(other, lts=True)).matrix[0].layers[0].key == "LTS_B"
-    with pytest.raises(InvalidLayout, match="no base layout 'WhiteFox-Other.json'"):
+    with pytest.raises(InvalidLayout, match=r"no base layout 'WhiteFox-Other\.json'"):
         store.load_base(kll.base_file_names(other, lts=False))
     assert kll.base_file_names(parse_layout(ktype()), lts=True) == ["KType-TestBase.json"]

@@ -12,38 +12,34 @@ import io
 import json
 import os
 import zipfile
-from pathlib import Path
 
 import docker.errors
 import pytest
 from docker import DockerClient
 
 from kiisrv.settings import Settings
-from tests.helpers import CONFORMANCE, NO_CONFORMANCE, app_client
+from tests.helpers import REAL_IMAGE_HOWTO, app_client, real_layouts
 
 REAL_IMAGE = os.environ.get("KIISRV_REAL_IMAGE", "")
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.real_image,
-    pytest.mark.skipif(not REAL_IMAGE, reason="set KIISRV_REAL_IMAGE to a real controller image"),
+    pytest.mark.skipif(not REAL_IMAGE, reason=REAL_IMAGE_HOWTO),
 ]
 
 
-# On LTS, the reference's ledControl rewrite (3 arguments) does not compile against
-# v0.5.0's 2-argument capability, so LED layouts fail there by design of the reference.
+# LED keys on LTS (ledControl), a split board, a one-layer layout (stock layers).
 LAYOUTS = {
-    "latest": ["MD1.1-Standard", "MDErgo1-Default"],
-    "lts": ["MD1-Standard", "MDErgo1-Default"],
+    "latest": ["KType-Standard", "MDErgo1-Default", "MD1.1-StandardBlank"],
+    "lts": ["MD1.1-Standard", "MDErgo1-Default", "WhiteFox-AllBlank"],
 }
 
 
-@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("index", [0, 1, 2])
 async def test_real_firmware_build(
     settings: Settings, docker_client: DockerClient, index: int
 ) -> None:
-    layouts = Path(os.environ.get("KIISRV_LAYOUTS_DIR", CONFORMANCE / "layouts"))
-    if not layouts.is_dir():
-        pytest.skip(NO_CONFORMANCE)
+    layouts = real_layouts()
     repo, _, tag = REAL_IMAGE.partition(":")
     prefix, _, container = repo.rpartition("controller-")
     env = "lts" if container == "050" else "latest"

@@ -24,7 +24,7 @@ from docker import DockerClient
 from kiisrv import kll
 from kiisrv.layout import parse_layout
 from kiisrv.layouts import LayoutStore
-from tests.helpers import CONFORMANCE, NO_CONFORMANCE, TEST_IMAGE_PREFIX, TEST_PREFIX
+from tests.helpers import REAL_IMAGE_HOWTO, TEST_IMAGE_PREFIX, TEST_PREFIX, real_layouts
 
 REAL_IMAGE = os.environ.get("KIISRV_REAL_IMAGE", "")
 
@@ -169,15 +169,13 @@ def test_one_layer_without_a_way_to_other_layers_asks_for_no_stock_layers(
 
 
 @pytest.mark.real_image
-@pytest.mark.skipif(not REAL_IMAGE, reason="set KIISRV_REAL_IMAGE to a real controller image")
+@pytest.mark.skipif(not REAL_IMAGE, reason=REAL_IMAGE_HOWTO)
 @pytest.mark.parametrize("layout", ["KType-Standard", "MDErgo1-Default"])
 def test_real_warm_firmware_is_byte_identical_to_a_cold_build(
     docker_client: DockerClient, tmp_path: Path, layout: str
 ) -> None:
     """An incremental build that forgot a dependency would ship the wrong keymap."""
-    layouts = Path(os.environ.get("KIISRV_LAYOUTS_DIR", CONFORMANCE / "layouts"))
-    if not layouts.is_dir():
-        pytest.skip(NO_CONFORMANCE + "; or set KIISRV_LAYOUTS_DIR")
+    layouts = real_layouts()
     try:
         docker_client.images.get(REAL_IMAGE)
     except docker.errors.ImageNotFound:
