@@ -306,3 +306,14 @@ def test_lts_whitefox_without_an_lts_base_takes_its_own_base(tmp_path: Path) -> 
     with pytest.raises(InvalidLayout, match=r"no base layout 'WhiteFox-Other\.json'"):
         store.load_base(kll.base_file_names(other, lts=False))
     assert kll.base_file_names(parse_layout(ktype()), lts=True) == ["KType-TestBase.json"]
+
+
+def test_a_partial_layer_with_function_keys_names_the_function_map() -> None:
+    doc = ktype()
+    doc["matrix"][1]["layers"]["2"] = {"key": "FUNCTION2"}
+    files = [kll.KllFile(f"KType-Mine-{n}.kll", "") for n in range(3)]
+    params = kll.build_params(parse_layout(doc), files)
+    assert params.partial_maps == "KType-Mine-1;stdFuncMap KType-Mine-2"
+    doc["header"]["Name"] = "MDErgo1"
+    params = kll.build_params(parse_layout(doc), files)
+    assert params.partial_maps == "KType-Mine-1;infinity_ergodox/lcdFuncMap KType-Mine-2"

@@ -220,6 +220,8 @@ def generate(layout: Layout, base: Layout, lts: bool) -> list[KllFile]:
 # Keys that switch layers: FUNCTION1, LOCK2, LATCH3 (stdFuncMap), or a raw action such
 # as `#:layerShift(1)`.
 _LAYER_KEY = re.compile(r"^(FUNCTION|LOCK|LATCH)\d+$|^#:.*layer", re.IGNORECASE)
+# The keys a function map (stdFuncMap, lcdFuncMap) defines.
+_FUNCTION_KEY = re.compile(r"^(FUNCTION|LOCK|LATCH)\d+$", re.IGNORECASE)
 # PartialMapsExpandedOverride that names no map: an empty one would make the keyboard
 # script use its own stock layers.
 NO_PARTIAL_MAPS = ";"
@@ -234,8 +236,23 @@ def reaches_other_layers(layout: Layout) -> bool:
     )
 
 
+def _uses_function_keys(layout: Layout, number: int) -> bool:
+    return any(
+        _FUNCTION_KEY.match(action.key)
+        for key in layout.matrix
+        for n, action in key.layers.items()
+        if n == number
+    )
+
+
 def build_params(layout: Layout, files: list[KllFile]) -> BuildParams:
     """The environment of a build (BUILD_CONTRACT.md).
+
+    A partial layer that puts a function-map key (FUNCTION2, LOCK1, ...) on a key names
+    the function map before its own file, as the default map does: the KLL compiler
+    cannot resolve those keys otherwise ("missing FuncMap layout", GeminiDuskDawn's
+    FUNCTION2 on layer 1). Other layers are left as the reference named them, so their
+    firmware does not change.
 
     A one-layer layout keeps the keyboard's stock layers (the script's own PartialMaps)
     when its layer 0 can switch to them: the Configurator's Blank layouts put FUNCTION1
@@ -246,7 +263,10 @@ def build_params(layout: Layout, files: list[KllFile]) -> BuildParams:
     name = board_name(layout).lower()
     extra_map = "infinity_ergodox/lcdFuncMap" if name == "mdergo1" else "stdFuncMap"
     stems = [f.stem for f in files]
-    partial = ";".join(stems[1:])
+    partial = ";".join(
+        f"{extra_map} {stem}" if _uses_function_keys(layout, n) else stem
+        for n, stem in enumerate(stems[1:], start=1)
+    )
     if len(stems) == 1 and not reaches_other_layers(layout):
         partial = NO_PARTIAL_MAPS
     return BuildParams(

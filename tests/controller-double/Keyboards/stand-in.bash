@@ -34,7 +34,10 @@ maps=("${default_map[@]:1}")
 IFS=';' read -r -a partial <<< "$PartialMapsExpandedOverride"
 for layer in "${partial[@]}"; do
 	for word in $layer; do
-		[ "$word" = stdFuncMap ] || maps+=("$word")
+		case "$word" in
+			stdFuncMap|infinity_ergodox/lcdFuncMap) ;;
+			*) maps+=("$word") ;;
+		esac
 	done
 done
 inputs=()
