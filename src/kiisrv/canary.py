@@ -26,12 +26,20 @@ Outcome = Literal["built", "refused", "failed"]
 REPORT_NAME = "compat.json"
 FIRMWARE_FILES = ("kiibohd.dfu.bin", "left_kiibohd.dfu.bin", "right_kiibohd.dfu.bin")
 
-# Lines that say a build went wrong without saying why; the first other error line wins.
+# Lines that say a build went wrong without saying why, or that are noise (CMake's
+# developer warnings name "missing" things on every build).
 _GENERIC = re.compile(
     r"Build Completed \[ERROR|Error in (build|cmake)\. Exiting|ninja: build stopped|"
-    r"^FAILED: |the build failed \(exit status|^make(\[\d+\])?: \*\*\*|Build Result:",
+    r"^FAILED: |the build failed \(exit status|^make(\[\d+\])?: \*\*\*|Build Result:|"
+    r"BYPRODUCTS|CMake Warning|Project authors|-Wno-dev",
 )
-_ERROR = re.compile(r"error|invalid|undeclared|not found|missing|expected", re.IGNORECASE)
+# The first line that matches wins, strongest first: a compiler's or the KLL compiler's
+# own error line, a Python exception, then anything that sounds like a failure.
+_ERRORS = (
+    re.compile(r"\berror\b\s*:|^ERROR:"),
+    re.compile(r"^[A-Za-z_.]*(Error|Exception): "),
+    re.compile(r"error|invalid|undeclared|not found|missing", re.IGNORECASE),
+)
 
 
 @dataclass(frozen=True)
@@ -109,9 +117,11 @@ def _cell(r: CaseResult | None) -> str:
 def first_error_line(text: str) -> str:
     """The line of a log most worth showing: the first that names an error."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for line in lines:
-        if _ERROR.search(line) and not _GENERIC.search(line):
-            return line[:300]
+    useful = [ln for ln in lines if not _GENERIC.search(ln)]
+    for pattern in _ERRORS:
+        for line in useful:
+            if pattern.search(line):
+                return line[:300]
     return lines[-1][:300] if lines else ""
 
 

@@ -10,6 +10,7 @@ body by hand.
     │   ├── InvalidLayout       400  the layout JSON breaks the model (names the field)
     │   ├── UnknownKeyboard     400  no build script for header.Name
     │   ├── UnknownVersion      400  env names no version whose image is present
+    │   ├── Unsupported         400  that version cannot build this layout (says which can)
     │   └── PayloadTooLarge     413  body over the size limit
     ├── NotFound                404  no such layout, revision or artifact
     ├── BuildFailed             422  the build failed or timed out (names the error zip)
@@ -57,6 +58,10 @@ class UnknownKeyboard(ClientError):
 
 class UnknownVersion(ClientError):
     pass
+
+
+class Unsupported(ClientError):
+    """Refused before any container starts: real builds showed the version cannot."""
 
 
 class PayloadTooLarge(ClientError):

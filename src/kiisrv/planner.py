@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kiisrv import kll
+from kiisrv import kll, support
 from kiisrv.catalog import Available
 from kiisrv.errors import InvalidLayout
 from kiisrv.jobs import Job
@@ -87,6 +87,7 @@ class Planner:
     def plan(self, body: Any, target: Available) -> Plan:
         request = self.validate(body)
         layout = request.config
+        support.check(layout, target.version)
         base = self.layouts.load_base(kll.base_file_names(layout, target.version.lts))
         generated = kll.generate(layout, base, target.version.lts)
         if not generated:
