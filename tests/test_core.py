@@ -3,7 +3,6 @@ hostile bodies, and the names in the answer (issue #8)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 import zipfile
@@ -21,21 +20,12 @@ from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
 from kiisrv.storage import Storage
-from tests.helpers import CLIENT_FILENAME_RE, app_client, eventually
+from tests.helpers import CLIENT_FILENAME_RE, app_client, eventually, on_loop
 
 pytestmark = pytest.mark.anyio
 
 H_DONE = "d" * 32
 H_CUT = "c" * 32
-
-
-def on_loop() -> bool:
-    """True when called from a thread that runs an event loop (where blocking hurts)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 @contextmanager

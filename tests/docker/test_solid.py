@@ -28,18 +28,11 @@ from tests.helpers import (
     header,
     key,
     ktype,
+    on_loop,
     request,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def on_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 async def download(client: httpx.AsyncClient, filename: str) -> zipfile.ZipFile:
