@@ -11,6 +11,7 @@ the server reports exists and every build has a log.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from kiisrv import diagnose
 from kiisrv.artifacts import log_tail, publish, write_zip
 from kiisrv.containers import WORK_SUBDIR, build_container_spec
 from kiisrv.engine import Engine
@@ -79,6 +81,11 @@ class Runner:
                 job.error = f"the build failed (exit status {status}); end of the log:\n" + (
                     log_tail(output)
                 )
+                said = diagnose.explain(
+                    output.decode("utf-8", "replace"), plan.files, _custom(plan)
+                )
+                if said:
+                    job.error = f"{said}.\n\n{job.error}"
             return output
         finally:
             # Removal must happen even when the build task is cancelled (shutdown).
@@ -212,3 +219,12 @@ def _error_members(plan: Plan, output: bytes) -> dict[str, bytes]:
     members[plan.layout_name] = plan.layout_json
     members["log/build.log"] = output or (plan.job.error or "").encode()
     return members
+
+
+def _custom(plan: Plan) -> dict[int, str]:
+    """The layout's custom KLL by layer number, to place an error inside it."""
+    try:
+        custom = json.loads(plan.layout_json).get("custom") or {}
+        return {int(k): v for k, v in custom.items() if isinstance(v, str)}
+    except (ValueError, AttributeError, TypeError):
+        return {}

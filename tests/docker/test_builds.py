@@ -283,3 +283,13 @@ async def test_read_only_root_when_asked(docker_settings: Settings) -> None:
         assert r.status_code == 200, r.text
         z = await download(client, r.json()["filename"])
         assert b"uid 0, gid 0, root filesystem read-only" in z.read("log/build.log")
+
+
+async def test_a_compiler_error_names_the_layer_and_key(dclient: httpx.AsyncClient) -> None:
+    config = ktype()
+    config["matrix"][0]["layers"]["1"] = {"key": "NOTAKEY"}
+    r = await dclient.post("/", json=request(config))
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error.startswith("Layer 1, key ESC: 'NOTAKEY' is not a USB HID key name.\n\n")
+    assert "end of the log:" in error  # the log tail follows the sentence

@@ -16,6 +16,13 @@ fi
 if grep -q KIISRV_TEST_FAIL "$@"; then
 	fail "error: failing as asked by KIISRV_TEST_FAIL"
 fi
+bad="$(grep -n 'U"NOTAKEY"' "$@" | head -n1 || true)"
+if [ -n "$bad" ]; then  # what the real KLL compiler prints for an unknown key name
+	file="${bad%%:*}" rest="${bad#*:}"
+	echo "ERROR: 'NOTAKEY' (Layout(name=default)) is an invalid USB HID Code Lookup..."
+	echo "ERROR: OperationSpecificsStage:parse -> /tmp/kll/tmp@['${file%.kll}']_processed.kll:${rest%%:*}"
+	exit 1
+fi
 echo "kll (test double): maps ${*%.kll}"
 cat "$@" > generatedKeymap.h
 echo "/* test double: $# layers */" > kll_defs.h
