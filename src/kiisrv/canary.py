@@ -224,13 +224,16 @@ async def run(
                     )
                 else:
                     log = build_log(builds_dir, answer.filename) or (answer.error or "")
+                    said = (answer.error or "").split("\n", 1)[0]  # diagnose.py's sentence
+                    if said.startswith(("the build", "could not")) or not said:
+                        said = first_error_line(log)
                     result = CaseResult(
                         path.name,
                         version,
                         "failed",
                         seconds,
                         422,
-                        error=first_error_line(log),
+                        error=said,
                         filename=answer.filename,
                     )
             report.results.append(result)
