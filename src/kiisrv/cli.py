@@ -66,6 +66,14 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _build(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+
+    from kiisrv import oneshot
+
+    return oneshot.run(settings, Path(args.layout), args.env, Path(args.output), Console())
+
+
 def _canary(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import tempfile
@@ -157,6 +165,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-bytes", type=int, default=None)
     pr.add_argument("--dry-run", action="store_true", help="only say what would go")
     pr.set_defaults(func=_prune)
+
+    one = sub.add_parser("build", help="build one layout's firmware here, without a server")
+    one.add_argument("layout", help="layout JSON file, as the Configurator sends it")
+    one.add_argument("--env", default="latest", help="version to build with (default: latest)")
+    one.add_argument("-o", "--output", default=".", help="folder for the zip (default: here)")
+    one.set_defaults(func=_build)
 
     can = sub.add_parser(
         "canary", help="build every layout against every version; write the compatibility report"
