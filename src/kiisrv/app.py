@@ -11,17 +11,18 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiisrv import __version__, canary, stats
+from kiisrv import __version__, canary, stats, status
 from kiisrv.artifacts import artifact_path
 from kiisrv.core import Kiisrv, Outcome
 from kiisrv.errors import (
@@ -36,6 +37,8 @@ from kiisrv.layout import request_schema
 from kiisrv.settings import Settings
 from kiisrv.storage import RequestRecord, now
 
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = {"chart.umd.min.js": "text/javascript", "status.js": "text/javascript"}
 _HASH_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -210,6 +213,25 @@ def create_app(settings: Settings) -> FastAPI:
         """Request statistics as plain text, as the reference server printed them."""
         await server.stats.flush()
         return await stats.render(server.storage)
+
+    async def status_page() -> HTMLResponse:
+        """What is building, what was built, and the statistics as charts."""
+        return HTMLResponse(status.render(await status.collect(server)))
+
+    app.add_api_route("/status", status_page, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/", status_page, methods=["GET"], include_in_schema=False)
+
+    @app.get("/status.json")
+    async def status_json() -> dict[str, Any]:
+        """The status page's figures."""
+        return (await status.collect(server)).as_json()
+
+    @app.get("/static/{name}")
+    async def static(name: str) -> FileResponse:
+        """The status page's own files (Chart.js): no CDN, self-hosters may be offline."""
+        if name not in STATIC_FILES:
+            raise NotFound(f"no static file {name!r}")
+        return FileResponse(STATIC_DIR / name, media_type=STATIC_FILES[name])
 
     @app.get("/compat")
     async def compat() -> Response:
