@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiisrv import __version__, canary, stats, status
+from kiisrv import __version__, canary, metrics, stats, status
 from kiisrv.artifacts import artifact_path
 from kiisrv.core import Kiisrv, Outcome
 from kiisrv.errors import (
@@ -89,6 +89,33 @@ def error_response(
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
+class CountRequests:
+    """Counts every HTTP request by handler, method and status, for /metrics."""
+
+    def __init__(self, app: ASGIApp, measures: metrics.Metrics) -> None:
+        self.app = app
+        self.measures = measures
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            # The router names the endpoint in the scope: a handful of names, not paths.
+            route = getattr(scope.get("endpoint"), "__name__", "unmatched")
+            self.measures.requests.labels(route, scope["method"], str(status)).inc()
+
+
 class BodyLimit:
     """Refuses bodies over the limit before they are read into memory."""
 
@@ -120,6 +147,7 @@ class BodyLimit:
 
 def create_app(settings: Settings) -> FastAPI:
     server = Kiisrv(settings)
+    measures = metrics.Metrics(server)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -132,6 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="kiisrv", version=__version__, lifespan=lifespan)
     app.state.kiisrv = server
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(CountRequests, measures=measures)
 
     @app.exception_handler(KiisrvError)
     async def on_kiisrv_error(request: Request, exc: KiisrvError) -> JSONResponse:
@@ -171,6 +200,8 @@ def create_app(settings: Settings) -> FastAPI:
         except RecursionError:  # nested deep inside an otherwise parsed body
             raise InvalidLayout("the body is nested too deeply to be a layout") from None
         server.stats.record(request_record(request, outcome, received))
+        if outcome.cached:
+            measures.cache_hits.inc()
         if not outcome.success and outcome.job.retry_later:
             raise Unavailable(
                 outcome.job.error or "the build could not run",
@@ -220,6 +251,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_api_route("/status", status_page, methods=["GET"], response_class=HTMLResponse)
     app.add_api_route("/", status_page, methods=["GET"], include_in_schema=False)
+
+    @app.get("/metrics")
+    async def metrics_page() -> Response:
+        """Prometheus metrics (names prefixed ``kiisrv_``)."""
+        return Response(await measures.render(), media_type=metrics.CONTENT_TYPE)
+
+    @app.get("/stats.json")
+    async def stats_json() -> dict[str, Any]:
+        """The figures of ``/stats``."""
+        await server.stats.flush()
+        return await server.storage.run(stats.figures, server.storage)
 
     @app.get("/status.json")
     async def status_json() -> dict[str, Any]:

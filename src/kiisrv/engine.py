@@ -68,6 +68,8 @@ class Engine:
         self.timeout = timeout
         self._client: DockerClient | None = None
         self._lock = threading.Lock()
+        # Calls the engine failed (an error answer, or no answer at all): /metrics.
+        self.errors = 0
         self._executor = ThreadPoolExecutor(
             max_workers=max_builds + SPARE_THREADS, thread_name_prefix="kiisrv-engine"
         )
@@ -107,11 +109,13 @@ class Engine:
             if exc.status_code == 409:
                 raise EngineConflict(f"{what}: {exc.explanation}") from exc
             log.warning("engine %s failed: %s", what, exc)
+            self.errors += 1
             raise EngineError(f"Docker engine error during {what}: {exc.explanation}") from exc
         except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
             if _is_read_timeout(exc):
                 raise EngineTimeout(f"{what}: no answer in time") from exc
             self._drop_client()
+            self.errors += 1
             log.warning("engine unreachable during %s: %s", what, exc)
             raise EngineUnavailable(
                 f"the Docker engine at {self.base_url} cannot be reached ({what})"

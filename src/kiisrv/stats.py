@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from kiisrv.errors import KiisrvError
 from kiisrv.storage import RequestRecord, Storage
@@ -96,8 +97,8 @@ async def render(storage: Storage) -> str:
     return await storage.run(summary, storage)
 
 
-def summary(storage: Storage) -> str:
-    """The page itself (blocking: call ``render`` from async code)."""
+def figures(storage: Storage) -> dict[str, Any]:
+    """The figures of ``/stats`` (blocking: five aggregate scans of Requests)."""
     total, unique, users, layers, durations = storage.query(
         "SELECT COUNT(*), COUNT(DISTINCT hash), COUNT(DISTINCT ip_addr),"
         " COALESCE(SUM(layers), 0), COALESCE(SUM(build_duration), 0) FROM Requests"
@@ -109,21 +110,33 @@ def summary(storage: Storage) -> str:
         )
         return [(str(k), int(n)) for k, n in rows]
 
-    cache_ratio = total / unique if unique else 0.0
-    per_user = total / users if users else 0.0
-    avg_layers = layers / total if total else 0.0
-    avg_time = durations / unique / 1000 if unique else 0.0
-    platforms = counts("CASE web WHEN 1 THEN 'Web' ELSE 'Desktop' END")
-    keyboards = counts("board || '-' || variant")
+    return {
+        "builds": total,
+        "unique": unique,
+        "cache_ratio": total / unique if unique else 0.0,
+        "avg_time_s": durations / unique / 1000 if unique else 0.0,
+        "users": users,
+        "builds_per_user": total / users if users else 0.0,
+        "avg_layers": layers / total if total else 0.0,
+        "os": counts("os"),
+        "platform": counts("CASE web WHEN 1 THEN 'Web' ELSE 'Desktop' END"),
+        "keyboard": counts("board || '-' || variant"),
+        "version": counts("container"),
+    }
+
+
+def summary(storage: Storage) -> str:
+    """The page itself, as the reference printed it (blocking: see ``render``)."""
+    f = figures(storage)
     return (
-        f"Builds: {total} ({unique} unique)\n"
-        f"Cache ratio: {cache_ratio:.1f}\n"
-        f"Avg time: {avg_time:.3f} s\n\n"
-        f"Users: {users} unique\n"
-        f"Avg builds per user: {per_user:.1f}\n"
-        f"Average number of layers: {_rust_float(avg_layers)}\n\n"
-        f"OS Counts: {_rust_map(counts('os'))}\n"
-        f"Platform Counts: {_rust_map(platforms)}\n"
-        f"Keyboard Counts: {_rust_map(keyboards)}\n"
-        f"Version Counts: {_rust_map(counts('container'))}\n\n"
+        f"Builds: {f['builds']} ({f['unique']} unique)\n"
+        f"Cache ratio: {f['cache_ratio']:.1f}\n"
+        f"Avg time: {f['avg_time_s']:.3f} s\n\n"
+        f"Users: {f['users']} unique\n"
+        f"Avg builds per user: {f['builds_per_user']:.1f}\n"
+        f"Average number of layers: {_rust_float(f['avg_layers'])}\n\n"
+        f"OS Counts: {_rust_map(f['os'])}\n"
+        f"Platform Counts: {_rust_map(f['platform'])}\n"
+        f"Keyboard Counts: {_rust_map(f['keyboard'])}\n"
+        f"Version Counts: {_rust_map(f['version'])}\n\n"
     )
