@@ -76,6 +76,7 @@ async def main(out: Path | None) -> None:
         "KIISRV_DATA_DIR": str(data / "data"),
         "KIISRV_LAYOUTS_DIR": str(FIXTURE_LAYOUTS),
         "KIISRV_IMAGE_PREFIX": "kiisrv-testdouble-",
+        "KIISRV_RATE_LIMIT": "0",  # one client sends every request
         "KIISRV_INSTANCE": INSTANCE,
         "KIISRV_CCACHE_VOLUME": f"{INSTANCE}-ccache",
     }

@@ -90,6 +90,7 @@ def main() -> int:
         "KIISRV_DATA_DIR": str(tmp / "data"),
         "KIISRV_LAYOUTS_DIR": str(layouts),
         "KIISRV_IMAGE_PREFIX": IMAGE_PREFIX,
+        "KIISRV_RATE_LIMIT": "0",  # one client sends every request
         "KIISRV_INSTANCE": "kiisrvbench-cache",
         "KIISRV_CCACHE_VOLUME": "kiisrvbench-cache-ccache",
     }

@@ -81,6 +81,7 @@ async def server(
         "KIISRV_LAYOUTS_DIR": str(layouts),
         "KIISRV_IMAGE_PREFIX": prefix,
         "KIISRV_IMAGE_TAG": tag or "latest",
+        "KIISRV_RATE_LIMIT": "0",  # one client sends every request
         "KIISRV_INSTANCE": f"kiisrvbench{name}",
         "KIISRV_CCACHE_VOLUME": f"kiisrvbench{name}-ccache",
         "KIISRV_BUILD_CPUS": cpus,

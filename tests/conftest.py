@@ -30,6 +30,7 @@ def settings(tmp_path: Path) -> Settings:
         image_prefix=TEST_IMAGE_PREFIX,
         max_builds=2,
         engine_timeout=10,
+        rate_limit=0,  # the tests send many builds from one address; test_rate_limit sets it
     )
 
 

@@ -187,6 +187,7 @@ def serve(settings: Settings, log: Path, **env_extra: str) -> Iterator[Live]:
         "KIISRV_IMAGE_PREFIX": settings.image_prefix,
         "KIISRV_INSTANCE": settings.instance,
         "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
+        "KIISRV_RATE_LIMIT": str(settings.rate_limit),
         **env_extra,
     }
     with log.open("ab") as out:

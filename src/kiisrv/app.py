@@ -34,6 +34,7 @@ from kiisrv.errors import (
     Unavailable,
 )
 from kiisrv.layout import request_schema
+from kiisrv.ratelimit import client_address
 from kiisrv.settings import Settings
 from kiisrv.storage import RequestRecord, now
 
@@ -53,11 +54,15 @@ def client_os(user_agent: str) -> str:
     return "Unknown"
 
 
-def request_record(request: Request, outcome: Outcome, received: Any) -> RequestRecord:
-    """The Requests row of one answered build request (the reference's columns)."""
+def request_record(request: Request, outcome: Outcome, received: Any, client: str) -> RequestRecord:
+    """The Requests row of one answered build request (the reference's columns).
+
+    ``client`` is already the keyed hash of the address (privacy.py): no raw address
+    is ever written.
+    """
     user_agent = request.headers.get("user-agent", "")
     return RequestRecord(
-        ip_addr=request.client.host if request.client else "",
+        ip_addr=client,
         os=client_os(user_agent),
         web="electron" not in user_agent.lower(),
         hash=outcome.job.hash,
@@ -148,6 +153,7 @@ class BodyLimit:
 def create_app(settings: Settings) -> FastAPI:
     server = Kiisrv(settings)
     measures = metrics.Metrics(server)
+    proxies = settings.proxies
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -195,11 +201,16 @@ def create_app(settings: Settings) -> FastAPI:
         received = now()
         raw = await request.body()
         body = parse_body(raw)
+        client = client_address(
+            request.client.host if request.client else "",
+            request.headers.get("x-forwarded-for"),
+            proxies,
+        )
         try:
-            outcome = await server.build(body, raw)
+            outcome = await server.build(body, raw, client)
         except RecursionError:  # nested deep inside an otherwise parsed body
             raise InvalidLayout("the body is nested too deeply to be a layout") from None
-        server.stats.record(request_record(request, outcome, received))
+        server.stats.record(request_record(request, outcome, received, server.pseudonym(client)))
         if outcome.cached:
             measures.cache_hits.inc()
         if not outcome.success and outcome.job.retry_later:

@@ -20,10 +20,12 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
 
+from kiisrv import privacy
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
 from kiisrv.errors import NotFound, Unavailable, UnknownVersion
@@ -31,11 +33,12 @@ from kiisrv.jobs import Job, JobState
 from kiisrv.layouts import LayoutStore
 from kiisrv.planner import Plan, Planner
 from kiisrv.queue import BuildQueue, LocalQueue
+from kiisrv.ratelimit import RateLimiter
 from kiisrv.retention import PruneResult, prune
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
 from kiisrv.stats import StatsRecorder
-from kiisrv.storage import Storage
+from kiisrv.storage import Storage, now
 from kiisrv.versions import DEFAULT_VERSIONS
 
 log = logging.getLogger("kiisrv")
@@ -91,6 +94,8 @@ class Kiisrv:
             self.runner, self.storage, settings.max_builds, settings.max_queue
         )
         self.stats = StatsRecorder(self.storage)
+        self.client_key = privacy.load_key(settings.data_dir)
+        self.limiter = RateLimiter(settings.rate_limit)
         self._answered: dict[str, float] = {}
         self._seen: OrderedDict[tuple[str, bytes], _Seen] = OrderedDict()
         self._pruner: asyncio.Task[None] | None = None
@@ -111,8 +116,16 @@ class Kiisrv:
     async def plan(self, body: Any) -> Plan:
         return self.planner.plan(body, await self.target(body))
 
-    async def build(self, body: Any, raw: bytes | None = None) -> Outcome:
-        """One build request: a cached zip, or the (shared) build's finished job."""
+    def pseudonym(self, address: str) -> str:
+        """What is kept of a client address (privacy.py)."""
+        return privacy.pseudonym(self.client_key, address)
+
+    async def build(self, body: Any, raw: bytes | None = None, client: str = "") -> Outcome:
+        """One build request: a cached zip, or the (shared) build's finished job.
+
+        ``client`` (an address) is counted against the rate limit when the request
+        would start a build: never for a cache hit or a build already in flight.
+        """
         started = time.monotonic()
         target = await self.target(body)
         key = (target.image_id, hashlib.sha256(raw).digest()) if raw is not None else None
@@ -137,6 +150,8 @@ class Kiisrv:
             return self._outcome(job, seen, target, cached=True, duration=None)
         if plan is None:
             plan = self.planner.plan(body, target)
+        if client and self.queue.current(plan.job.hash) is None:
+            self.limiter.take(client)
         job = await self.queue.submit(plan)
         self._answer(job.hash)
         duration = int((time.monotonic() - started) * 1000)
@@ -183,7 +198,13 @@ class Kiisrv:
         return self.queue.in_use() | set(self._answered)
 
     def prune(self, dry_run: bool = False) -> PruneResult:
+        """Old build outputs, and statistics rows past their retention."""
         s = self.settings
+        if s.requests_retention_days > 0 and not dry_run:
+            before = now() - timedelta(days=s.requests_retention_days)
+            gone = self.storage.prune_requests(before)
+            if gone:
+                log.info("deleted %d statistics rows older than %s", gone, before.date())
         return prune(
             s.config_dir,
             s.builds_dir,
@@ -208,6 +229,11 @@ class Kiisrv:
 
     async def start(self) -> None:
         await self.storage.run(self.storage.seed_versions, DEFAULT_VERSIONS)
+        hidden = await self.storage.run(
+            self.storage.pseudonymise, self.pseudonym, privacy.is_address
+        )
+        if hidden:
+            log.info("replaced %d raw client addresses in the statistics by keyed hashes", hidden)
         await self.runner.recover()
         self.stats.start()
         if self.settings.prune_interval > 0:

@@ -11,7 +11,8 @@ body by hand.
     │   ├── UnknownKeyboard     400  no build script for header.Name
     │   ├── UnknownVersion      400  env names no version whose image is present
     │   ├── Unsupported         400  that version cannot build this layout (says which can)
-    │   └── PayloadTooLarge     413  body over the size limit
+    │   ├── PayloadTooLarge     413  body over the size limit
+    │   └── RateLimited         429  too many new builds from one client (Retry-After)
     ├── NotFound                404  no such layout, revision or artifact
     ├── BuildFailed             422  the build failed or timed out (names the error zip)
     ├── Unavailable             503  try again later (carries Retry-After)
@@ -66,6 +67,17 @@ class Unsupported(ClientError):
 
 class PayloadTooLarge(ClientError):
     status = 413
+
+
+class RateLimited(ClientError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int = 60, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class NotFound(KiisrvError):

@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, StrictBool, ValidationError
+from pydantic import Field, StrictBool, ValidationError, field_validator
 from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from kiisrv.ratelimit import Network, parse_networks
 
 _KEEP_EMPTY: JsonDict = {"empty_is_value": True}
 
@@ -135,6 +137,24 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds between prunes while serving; 0: never.",
     )
+    requests_retention_days: float = Field(
+        365.0,
+        alias="KIISRV_REQUESTS_RETENTION_DAYS",
+        ge=0,
+        description="Requests rows (statistics) older than this are deleted; 0: kept.",
+    )
+    rate_limit: int = Field(
+        10,
+        alias="KIISRV_RATE_LIMIT",
+        ge=0,
+        description="New builds a client may start per minute (cache hits free); 0: no limit.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        alias="KIISRV_TRUSTED_PROXIES",
+        description="Proxies whose X-Forwarded-For names the client: addresses or networks, "
+        "comma separated (e.g. `127.0.0.1, 172.16.0.0/12`).",
+    )
     engine_timeout: float = Field(
         60.0,
         alias="KIISRV_ENGINE_TIMEOUT",
@@ -147,6 +167,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest request body accepted, in bytes.",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -189,6 +215,10 @@ class Settings(BaseSettings):
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (by field name), validated again."""
         return type(self)(**{**self.model_dump(), **changes})
+
+    @property
+    def proxies(self) -> list[Network]:
+        return parse_networks(self.trusted_proxies)
 
     @property
     def config_dir(self) -> Path:

@@ -165,6 +165,29 @@ class Storage:
                 raise
             self._stats.execute("COMMIT")
 
+    def pseudonymise(self, hide: Callable[[str], str], is_raw: Callable[[str], bool]) -> int:
+        """Replaces raw client addresses (databases of older servers) by ``hide(address)``."""
+        with self._lock():
+            raw = [
+                a
+                for (a,) in self._stats.execute("SELECT DISTINCT ip_addr FROM Requests")
+                if is_raw(a)
+            ]
+            with self._stats:
+                self._stats.executemany(
+                    "UPDATE Requests SET ip_addr = ? WHERE ip_addr = ?",
+                    [(hide(a), a) for a in raw],
+                )
+            return len(raw)
+
+    def prune_requests(self, before: datetime) -> int:
+        """Deletes the Requests rows of requests made before ``before``."""
+        with self._lock(), self._stats:
+            cur = self._stats.execute(
+                "DELETE FROM Requests WHERE request_time < ?", (before.isoformat(),)
+            )
+            return cur.rowcount
+
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with self._lock():
             return self._stats.execute(sql, args).fetchall()

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from docker import DockerClient
 
+from kiisrv import privacy
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
@@ -93,7 +94,8 @@ async def test_a_build_end_to_end(
     assert build_containers.running() == []  # removed after the build
     await dclient.get("/stats")  # rows are written in batches; /stats flushes them
     rows = requests_rows(docker_settings)
-    assert rows[0][:8] == ("203.0.113.7", "Linux", 0, "KType", "Mine", 2, "controller-057", 1)
+    kept = privacy.pseudonym(privacy.load_key(docker_settings.data_dir), "203.0.113.7")
+    assert rows[0][:8] == (kept, "Linux", 0, "KType", "Mine", 2, "controller-057", 1)
     assert rows[0][8] is not None
     hash_ = re.match(CLIENT_FILENAME_RE, body["filename"]).group(3)  # type: ignore[union-attr]
     status = (await dclient.get(f"/builds/{hash_}")).json()
