@@ -37,7 +37,10 @@ async def _follow(server: Kiisrv, hash_: str, console: Console, done: asyncio.Ev
             console.print(
                 f"[bold]{'waiting for a slot' if state is JobState.QUEUED else 'building'}[/]"
             )
-        live = await server.queue.live_log(hash_)
+        try:
+            live = await server.queue.live_log(hash_)
+        except KiisrvError:  # following the output must never fail the build
+            live = None
         if live is not None and len(live) > shown:
             console.out(live[shown:].decode("utf-8", "replace"), end="", highlight=False)
             shown = len(live)

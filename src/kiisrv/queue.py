@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kiisrv.errors import EngineNotFound, KiisrvError, QueueFull, Unavailable
+from kiisrv.errors import EngineConflict, EngineNotFound, KiisrvError, QueueFull, Unavailable
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.runner import Runner
@@ -101,7 +101,8 @@ class LocalQueue:
         record = self._inflight.get(hash_)
         if record is None or record.container is None:
             return None
-        with contextlib.suppress(EngineNotFound):
+        # Gone, or being removed as the build ends (409 from the engine): not running.
+        with contextlib.suppress(EngineNotFound, EngineConflict):
             return await self.runner.engine.logs(record.container)
         return None
 
