@@ -145,9 +145,20 @@ def test_compose_deployment_from_loaded_images(
         [*compose, "up", "-d", "--no-build"], env=env, capture_output=True, text=True
     )
     assert up.returncode == 0, up.stderr
-    running = docker_client.containers.list(
-        filters={"label": f"com.docker.compose.project={project}"}
-    )  # the server and the socket proxy: controller services are build-only
+    # `up` has the controller services too (so a host without their images builds
+    # them): they run `true` and exit. What stays up is the server and the proxy.
+    labels = {"label": f"com.docker.compose.project={project}"}
+    for _ in range(80):
+        everything = docker_client.containers.list(all=True, filters=labels)
+        services = {c.labels["com.docker.compose.service"]: c for c in everything}
+        if all(services[s].status == "exited" for s in ("controller-050", "controller-057")):
+            break
+        time.sleep(0.25)
+    assert {s: services[s].attrs["State"]["ExitCode"] for s in services if "controller" in s} == {
+        "controller-050": 0,
+        "controller-057": 0,
+    }
+    running = docker_client.containers.list(filters=labels)
     services = {c.labels["com.docker.compose.service"]: c for c in running}
     assert set(services) == {"kiisrv", "socket-proxy"}
     server = services["kiisrv"]
