@@ -90,6 +90,7 @@ class Cluster:
         self.workers: dict[str, Any] = {}
         self.servers: list[Any] = []
         self.server_settings: list[Settings] = []
+        self.bases: list[str] = []
 
     def worker_settings(self, name: str, docker_url: str, max_builds: int = 2) -> Settings:
         return self.base.replace(
@@ -111,9 +112,13 @@ class Cluster:
             serve(s, self.tmp / f"{name}.log", KIISRV_QUEUE_URL=self.redis.url, **env)
         )
         self.server_settings.append(s)
+        self.bases.append(str(live.base))
         return str(live.base)
 
     def rows(self) -> int:
+        """Requests rows of all API servers (``/stats`` writes the pending ones first)."""
+        for base in self.bases:
+            assert httpx.get(f"{base}/stats", timeout=30).status_code == 200
         total = 0
         for s in self.server_settings:
             with sqlite3.connect(s.stats_db) as db:
@@ -139,8 +144,6 @@ def cluster(
                     ct.remove(force=True)
             with contextlib.suppress(docker.errors.NotFound):
                 client.volumes.get(docker_settings.ccache_volume).remove(force=True)
-        for s in c.server_settings:
-            print(f"--- {s.instance} ---\n{(tmp_path / f'{s.instance[-7:]}.log')}")
 
 
 async def _versions_ready(base: str, timeout: float = 30) -> None:
