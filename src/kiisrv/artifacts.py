@@ -48,3 +48,15 @@ def write_zip(dest: Path, members: dict[str, bytes]) -> None:
 def log_tail(log: bytes, lines: int = 40) -> str:
     text = log.decode("utf-8", "replace").rstrip("\n")
     return "\n".join(text.splitlines()[-lines:])
+
+
+def write_bytes(dest: Path, data: bytes) -> None:
+    """Write a file atomically: a temporary file beside ``dest``, then a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -35,6 +35,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from kiisrv.distributed import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run_worker(settings)
+    return 0
+
+
 def _kll(args: argparse.Namespace, settings: Settings) -> int:
     store = LayoutStore(args.layouts_dir or settings.layouts_dir)
     layout = parse_layout(json.loads(Path(args.layout).read_bytes()))
@@ -157,6 +165,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(func=_serve)
+
+    work = sub.add_parser(
+        "worker", help="run builds from the queue (KIISRV_QUEUE_URL) on this host's engine"
+    )
+    work.set_defaults(func=_worker)
 
     gen = sub.add_parser("kll", help="write the .kll files of one layout, without a build")
     gen.add_argument("layout", help="layout JSON file, as the Configurator sends it")

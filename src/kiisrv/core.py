@@ -90,9 +90,17 @@ class Kiisrv:
         self.catalog = Catalog(settings, self.storage, self.engine)
         self.planner = Planner(self.layouts)
         self.runner = Runner(settings, self.storage, self.engine)
-        self.queue: BuildQueue = LocalQueue(
-            self.runner, self.storage, settings.max_builds, settings.max_queue
-        )
+        self.queue: BuildQueue
+        if settings.queue_url:  # builds run on `kiisrv worker`s: docs/distributed.md
+            from kiisrv import distributed
+
+            redis = distributed.connect(settings.queue_url)
+            self.catalog = distributed.WorkerCatalog(settings, self.storage, self.engine, redis)
+            self.queue = distributed.RedisQueue(settings, self.runner, self.storage, redis)
+        else:
+            self.queue = LocalQueue(
+                self.runner, self.storage, settings.max_builds, settings.max_queue
+            )
         self.stats = StatsRecorder(self.storage)
         self.client_key = privacy.load_key(settings.data_dir)
         self.limiter = RateLimiter(settings.rate_limit)

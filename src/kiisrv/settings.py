@@ -168,6 +168,36 @@ class Settings(BaseSettings):
         description="Largest request body accepted, in bytes.",
     )
 
+    queue_url: str | None = Field(
+        None,
+        alias="KIISRV_QUEUE_URL",
+        description="Redis URL of the build queue (arq); set: builds run on `kiisrv worker`s.",
+    )
+    build_tries: int = Field(
+        3,
+        alias="KIISRV_BUILD_TRIES",
+        ge=1,
+        description="Distributed: workers a build may be started on before it is failed.",
+    )
+    worker_lease: float = Field(
+        10.0,
+        alias="KIISRV_WORKER_LEASE",
+        gt=0,
+        description="Distributed: seconds a silent worker keeps its builds and images.",
+    )
+    result_ttl: float = Field(
+        3600.0,
+        alias="KIISRV_RESULT_TTL",
+        gt=0,
+        description="Distributed: seconds a finished build's zip stays in Redis.",
+    )
+    worker_poll: float = Field(
+        0.02,
+        alias="KIISRV_WORKER_POLL",
+        gt=0,
+        description="Distributed: seconds between a worker's looks at its queues.",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:

@@ -1,0 +1,530 @@
+"""Builds on many machines: an arq job queue on Redis behind the ``BuildQueue`` seam.
+
+Why arq: it is asyncio-native like the server (no thread per waiting request), a job id
+is unique while the job is queued or running (``_job_id`` = the build hash gives one
+build per layout cluster-wide), and a job whose worker died is picked up again by
+another worker, at most ``max_tries`` times. See docs/distributed.md.
+
+Keys (all in the Redis of ``KIISRV_QUEUE_URL``):
+
+- ``kiisrv:queue:<image id>``: arq's queue of the builds of one controller image; a
+  worker listens only on the queues of the images it has, so a build goes only to a
+  worker that can run it.
+- ``kiisrv:worker:<instance>``: a worker's advertisement (its images and versions),
+  expiring after ``KIISRV_WORKER_LEASE`` unless renewed. ``/versions`` is their union.
+- ``kiisrv:result:<hash>``: a finished build's job record and zip (or error zip), kept
+  ``KIISRV_RESULT_TTL`` seconds; ``kiisrv:done:<hash>`` announces it (pub/sub).
+- arq's own ``arq:in-progress:<hash>`` is renewed by the worker every third of the lease
+  and so expires soon after a worker is killed: another worker then takes the build.
+
+The API server keeps its own job rows, zips and Requests rows: it writes the zip it
+got from Redis into its builds folder (the result store, not file copying).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio.to_thread
+from arq import Retry
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.worker import Worker, func
+from redis.exceptions import RedisError
+
+from kiisrv import kll
+from kiisrv.artifacts import write_bytes
+from kiisrv.catalog import Available, Catalog
+from kiisrv.engine import Engine
+from kiisrv.errors import EngineNotFound, KiisrvError, QueueFull, Unavailable
+from kiisrv.jobs import Job, JobState
+from kiisrv.planner import Plan
+from kiisrv.runner import Runner
+from kiisrv.settings import Settings
+from kiisrv.storage import Storage, now
+from kiisrv.versions import DEFAULT_VERSIONS, ReleaseInfo, Version
+
+log = logging.getLogger("kiisrv.distributed")
+
+BUILD_FUNCTION = "build"
+WORKER_PREFIX = "kiisrv:worker:"
+
+
+def queue_name(image_id: str) -> str:
+    return f"kiisrv:queue:{image_id}"
+
+
+def result_key(hash_: str) -> str:
+    return f"kiisrv:result:{hash_}"
+
+
+def done_channel(hash_: str) -> str:
+    return f"kiisrv:done:{hash_}"
+
+
+def connect(url: str) -> ArqRedis:
+    """A lazy client: nothing is sent before the first command (Redis may be down)."""
+    redis: ArqRedis = ArqRedis.from_url(url, socket_connect_timeout=3, socket_timeout=15)
+    return redis
+
+
+def _unreachable(settings: Settings) -> Unavailable:
+    return Unavailable(
+        "the build queue (Redis) cannot be reached; try again in a moment", retry_after=10
+    )
+
+
+# -- what travels ------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _dt(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    return {
+        "hash": job.hash,
+        "stem": job.stem,
+        "version": job.version,
+        "container": job.container,
+        "state": job.state.value,
+        "error": job.error,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "duration_ms": job.duration_ms,
+        "retry_later": job.retry_later,
+    }
+
+
+def job_from_dict(d: dict[str, Any]) -> Job:
+    job = Job(d["hash"], d["stem"], d["version"], d["container"])
+    job.state = JobState(d["state"])
+    job.error = d["error"]
+    job.created_at = _dt(d["created_at"]) or job.created_at
+    job.started_at = _dt(d["started_at"])
+    job.finished_at = _dt(d["finished_at"])
+    job.duration_ms = d["duration_ms"]
+    job.retry_later = bool(d["retry_later"])
+    return job
+
+
+def plan_to_json(plan: Plan) -> bytes:
+    """What a worker needs to run the plan exactly as the embedded server would."""
+    v = plan.target.version
+    p = plan.params
+    return json.dumps(
+        {
+            "job": job_to_dict(plan.job),
+            "version": [v.name, v.channel, v.container, v.git_tag],
+            "image_id": plan.target.image_id,
+            "files": [[f.name, f.content] for f in plan.files],
+            "params": [p.script, p.split, p.default_map, p.partial_maps, p.layout],
+            "layout_name": plan.layout_name,
+            "layout_json": plan.layout_json.decode(),
+            "board": plan.board,
+            "variant": plan.variant,
+        }
+    ).encode()
+
+
+def plan_from_json(raw: bytes, image: str) -> Plan:
+    """The plan again, its image named as the worker's engine knows it."""
+    d = json.loads(raw)
+    script, split, default_map, partial_maps, layout = d["params"]
+    return Plan(
+        job=job_from_dict(d["job"]),
+        target=Available(Version(*d["version"]), image, d["image_id"], None),
+        files=[kll.KllFile(name, content) for name, content in d["files"]],
+        params=kll.BuildParams(script, split, default_map, partial_maps, layout),
+        layout_name=d["layout_name"],
+        layout_json=d["layout_json"].encode(),
+        board=d["board"],
+        variant=d["variant"],
+    )
+
+
+def image_id_of(plan_json: bytes) -> str:
+    return str(json.loads(plan_json)["image_id"])
+
+
+# -- the API server's side ---------------------------------------------------------------
+
+
+class WorkerCatalog(Catalog):
+    """Versions that at least one live worker can build: the union of their adverts."""
+
+    def __init__(self, settings: Settings, storage: Storage, engine: Engine, redis: ArqRedis):
+        super().__init__(settings, storage, engine, ttl=1.0)
+        self.redis = redis
+        self._fetched = False
+
+    async def available(self) -> dict[str, Available]:
+        if time.monotonic() - self._at <= self.ttl:
+            return self._available
+        try:
+            adverts = await live_workers(self.redis)
+        except RedisError:
+            if self._fetched:  # a request then learns of the outage from the queue (503)
+                return self._available
+            raise _unreachable(self.settings) from None
+        versions = await self.storage.run(self.storage.versions)
+        self._available = join_adverts(versions, adverts, self.image_name)
+        self._at = time.monotonic()
+        self._fetched = True
+        return self._available
+
+
+async def live_workers(redis: ArqRedis) -> list[dict[str, Any]]:
+    keys = [k async for k in redis.scan_iter(match=f"{WORKER_PREFIX}*", count=200)]
+    if not keys:
+        return []
+    values = await redis.mget(keys)
+    return [json.loads(v) for v in values if v]
+
+
+def join_adverts(
+    versions: list[Version], adverts: list[dict[str, Any]], image_name: Any
+) -> dict[str, Available]:
+    """Each version's image: the id most live workers have (a tie: the smallest id)."""
+    found: dict[str, Available] = {}
+    for version in versions:
+        ids: Counter[str] = Counter()
+        infos: dict[str, ReleaseInfo | None] = {}
+        for ad in adverts:
+            for image_id, containers in ad.get("images", {}).items():
+                if version.container in containers:
+                    ids[image_id] += 1
+                    raw = containers[version.container]
+                    infos[image_id] = ReleaseInfo(**raw) if raw else None
+        if ids:
+            best = sorted(ids.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+            found[version.name] = Available(version, image_name(version), best, infos[best])
+    return found
+
+
+@dataclass
+class _InFlight:
+    job: Job
+    future: asyncio.Future[Job]
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class RedisQueue:
+    """Enqueues builds for ``kiisrv worker``s and waits for their results."""
+
+    def __init__(self, settings: Settings, runner: Runner, storage: Storage, redis: ArqRedis):
+        self.settings = settings
+        self.runner = runner
+        self.storage = storage
+        self.redis = redis
+        self.max_queue = settings.max_queue
+        self._inflight: dict[str, _InFlight] = {}
+
+    async def submit(self, plan: Plan) -> Job:
+        record = self._inflight.get(plan.job.hash)
+        if record is None:
+            record = await self._admit(plan)
+        return await asyncio.shield(record.future)
+
+    async def _admit(self, plan: Plan) -> _InFlight:
+        if len(self._inflight) >= self.max_queue:
+            raise QueueFull(
+                f"{len(self._inflight)} builds are already waiting; try again in a minute",
+                retry_after=60,
+            )
+        await self.storage.run(self.storage.save_job, plan.job)
+        existing = self._inflight.get(plan.job.hash)
+        if existing is not None:
+            return existing
+        record = _InFlight(plan.job, asyncio.get_running_loop().create_future())
+        self._inflight[plan.job.hash] = record
+        record.task = asyncio.create_task(self._run(plan, record), name=f"build-{plan.job.hash}")
+        return record
+
+    def current(self, hash_: str) -> Job | None:
+        record = self._inflight.get(hash_)
+        return record.job if record else None
+
+    def in_use(self) -> set[str]:
+        return set(self._inflight)
+
+    async def live_log(self, hash_: str) -> bytes | None:
+        return None  # the output is on the worker's engine; the log comes with the zip
+
+    async def close(self) -> None:
+        tasks = [r.task for r in self._inflight.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(RedisError):
+            await self.redis.aclose(close_connection_pool=True)
+
+    async def _run(self, plan: Plan, record: _InFlight) -> None:
+        job = plan.job
+        try:
+            remote, data = await self._remote(plan)
+            job.state, job.error = remote.state, remote.error
+            job.started_at, job.finished_at = remote.started_at, remote.finished_at
+            job.duration_ms, job.retry_later = remote.duration_ms, remote.retry_later
+            await anyio.to_thread.run_sync(
+                write_bytes, self.settings.builds_dir / job.zip_name, data
+            )
+            await self.storage.run(self.storage.save_job, job)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                job.error = "the server shut down before this build finished"
+            elif isinstance(exc, Unavailable):
+                job.error, job.retry_later = exc.message, True
+            elif isinstance(exc, KiisrvError):
+                job.error = exc.message
+            else:
+                log.exception("build %s crashed", job.hash)
+                job.error = f"internal error: {exc}"
+            try:
+                await self.runner.finish(plan, b"")  # the error zip and the job row
+            except Exception as exc2:
+                log.exception("could not record build %s", job.hash)
+                job.state, job.retry_later = JobState.FAILED, True
+                job.error = job.error or f"could not record the build result: {exc2}"
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._inflight.pop(job.hash, None)
+            if not record.future.done():
+                record.future.set_result(job)
+
+    async def _result(self, hash_: str) -> tuple[Job, bytes] | None:
+        found = await self.redis.hgetall(result_key(hash_))  # type: ignore[misc]
+        if not found or b"job" not in found:
+            return None
+        return job_from_dict(json.loads(found[b"job"])), bytes(found.get(b"zip", b""))
+
+    async def _remote(self, plan: Plan) -> tuple[Job, bytes]:
+        """The build's result from whichever worker ran it (or runs it now)."""
+        hash_ = plan.job.hash
+        try:
+            found = await self._result(hash_)
+            if found:
+                return found
+            await self.redis.enqueue_job(
+                BUILD_FUNCTION,
+                plan_to_json(plan),
+                _job_id=hash_,
+                _queue_name=queue_name(plan.target.image_id),
+            )
+        except RedisError:
+            raise _unreachable(self.settings) from None
+        return await self._wait(hash_)
+
+    async def _wait(self, hash_: str) -> tuple[Job, bytes]:
+        s = self.settings
+        deadline = time.monotonic() + s.build_timeout * s.build_tries + 4 * s.worker_lease + 60
+        failing_since: float | None = None
+        while True:
+            try:
+                async with self.redis.pubsub() as ps:
+                    await ps.subscribe(done_channel(hash_))
+                    while True:
+                        found = await self._result(hash_)
+                        if found:
+                            return found
+                        if not await self.redis.exists(job_key_prefix + hash_):
+                            found = await self._result(hash_)
+                            if found:
+                                return found
+                            raise Unavailable(
+                                f"the build was started {s.build_tries} time(s) and no worker "
+                                "finished it (workers stopped, killed or without the engine); "
+                                "send the request again",
+                                retry_after=30,
+                            )
+                        failing_since = None
+                        if time.monotonic() > deadline:
+                            raise Unavailable("no worker finished the build in time", 60)
+                        await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except RedisError as exc:
+                t = time.monotonic()
+                failing_since = failing_since or t
+                if t - failing_since > 2 * s.worker_lease:
+                    raise _unreachable(s) from exc
+                await asyncio.sleep(0.5)
+
+
+# -- the build host's side ---------------------------------------------------------------
+
+
+class BuildWorker:
+    """``kiisrv worker``: takes builds of the images it has and runs them on its engine."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.queue_url:
+            raise ValueError("kiisrv worker needs KIISRV_QUEUE_URL (e.g. redis://host:6379/0)")
+        self.settings = settings
+        self.id = settings.instance
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = Storage(settings.stats_db, settings.config_db)
+        self.engine = Engine(settings.docker_url, settings.engine_timeout, settings.max_builds)
+        self.catalog = Catalog(settings, self.storage, self.engine, ttl=0.0)
+        self.runner = Runner(settings, self.storage, self.engine)
+        self.redis = connect(settings.queue_url)
+        self._slots = asyncio.Semaphore(settings.max_builds)
+        self._queues: dict[str, asyncio.Task[None]] = {}
+        self._images: dict[str, str] = {}  # image id -> a local name of it
+
+    async def run(self) -> None:
+        await self.storage.run(self.storage.seed_versions, DEFAULT_VERSIONS)
+        await self.runner.recover()  # this worker's orphan containers, left by a kill
+        log.info("worker %s: engine %s, queue %s", self.id, self.settings.docker_url, "redis")
+        try:
+            while True:
+                await self._advertise()
+                await asyncio.sleep(self.settings.worker_lease / 3)
+        finally:
+            for task in self._queues.values():
+                task.cancel()
+            for task in self._queues.values():
+                with contextlib.suppress(BaseException):
+                    await task
+            with contextlib.suppress(RedisError):
+                await self.redis.delete(WORKER_PREFIX + self.id)
+            with contextlib.suppress(RedisError):
+                await self.redis.aclose(close_connection_pool=True)
+            await anyio.to_thread.run_sync(self.storage.close)
+            self.engine.close()
+
+    async def _advertise(self) -> None:
+        try:
+            available = await self.catalog.available()
+        except KiisrvError as exc:
+            log.warning("worker %s: no image list: %s", self.id, exc.message)
+            available = {}
+        images: dict[str, dict[str, Any]] = {}
+        for a in available.values():
+            images.setdefault(a.image_id, {})[a.version.container] = (
+                a.info.as_json() if a.info else None
+            )
+            self._images[a.image_id] = a.image
+        advert = {"id": self.id, "images": images, "max_builds": self.settings.max_builds}
+        try:
+            await self.redis.set(
+                WORKER_PREFIX + self.id,
+                json.dumps(advert),
+                px=int(self.settings.worker_lease * 1000),
+            )
+        except RedisError as exc:
+            log.warning("worker %s: Redis unreachable: %s", self.id, exc)
+        for image_id in images:
+            if image_id not in self._queues:
+                self._queues[image_id] = asyncio.create_task(self._serve(image_id))
+
+    async def _serve(self, image_id: str) -> None:
+        """arq's worker loop on one image's queue, started again after a Redis outage."""
+        s = self.settings
+        while True:
+            worker = Worker(
+                functions=[
+                    func(
+                        self._build,
+                        name=BUILD_FUNCTION,
+                        max_tries=s.build_tries,
+                        timeout=s.build_timeout + 120,
+                        keep_result=0,
+                    )
+                ],
+                queue_name=queue_name(image_id),
+                redis_pool=self.redis,
+                max_jobs=s.max_builds,
+                poll_delay=s.worker_poll,
+                handle_signals=False,
+                keep_result=0,
+                max_tries=s.build_tries,
+                log_results=False,
+            )
+            try:
+                await worker.main()
+            except RedisError as exc:
+                log.warning("worker %s: queue loop stopped (%s); again in 1 s", self.id, exc)
+                await asyncio.sleep(1)
+
+    async def _hold(self, hash_: str) -> None:
+        """Keeps arq's in-progress mark short-lived: it outlives a killed worker briefly."""
+        lease = self.settings.worker_lease
+        while True:
+            with contextlib.suppress(RedisError):
+                await self.redis.pexpire(in_progress_key_prefix + hash_, int(lease * 1000))
+            await asyncio.sleep(lease / 3)
+
+    async def _build(self, ctx: dict[str, Any], payload: bytes) -> str:
+        hash_ = str(ctx["job_id"])
+        if await self.redis.exists(result_key(hash_)):
+            return "shared"  # finished meanwhile (a re-enqueue raced with the result)
+        hold = asyncio.create_task(self._hold(hash_))
+        try:
+            image_id = image_id_of(payload)
+            image = self._images.get(image_id)
+            if image is None:
+                raise Retry(defer=1)  # not ours (any more): let another worker have it
+            plan = plan_from_json(payload, image)
+            job = plan.job
+            job.state, job.error, job.retry_later = JobState.QUEUED, None, False
+            output = b""
+            try:
+                await self.runner.stage(plan)
+                async with self._slots:
+                    job.state = JobState.RUNNING
+                    job.started_at = now()
+                    await self.storage.run(self.storage.save_job, job)
+                    output = await self.runner.run(plan, lambda cid: None)
+            except Unavailable as exc:
+                log.warning("worker %s: build %s: %s; retrying", self.id, hash_, exc.message)
+                await self.runner.finish(plan, output)
+                raise Retry(defer=1) from exc
+            except EngineNotFound as exc:  # the image went away under us
+                await self.runner.finish(plan, output)
+                raise Retry(defer=1) from exc
+            except KiisrvError as exc:
+                job.error = exc.message
+            await self.runner.finish(plan, output)
+            path = self.settings.builds_dir / job.zip_name
+            data = await anyio.to_thread.run_sync(path.read_bytes)
+            await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+            async with self.redis.pipeline(transaction=True) as pipe:
+                record = json.dumps(job_to_dict(job))
+                pipe.hset(result_key(hash_), mapping={"job": record, "zip": data})
+                pipe.pexpire(result_key(hash_), int(self.settings.result_ttl * 1000))
+                pipe.publish(done_channel(hash_), b"1")
+                await pipe.execute()
+            return job.state.value
+        finally:
+            hold.cancel()
+
+
+def run_worker(settings: Settings) -> None:
+    """Until SIGTERM or SIGINT; builds in flight are stopped and go back to the queue."""
+
+    async def main() -> None:
+        worker = BuildWorker(settings)
+        task = asyncio.create_task(worker.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())

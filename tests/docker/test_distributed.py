@@ -1,0 +1,280 @@
+"""Builds on two engines through one Redis: real redis-server, real dockerds, real HTTP.
+
+The second engine is KIISRV_TEST_DOCKER_HOST_2 (.ci/run starts one); the test double
+image is loaded into it from the first. Each test starts its own redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import sqlite3
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+import pytest
+from docker import DockerClient
+
+from kiisrv.containers import LABEL_INSTANCE
+from kiisrv.settings import Settings
+from tests.helpers import (
+    DOCKER_HOST_2,
+    REDIS_SERVER,
+    TEST_CONTAINERS,
+    TEST_IMAGE_PREFIX,
+    TEST_PREFIX,
+    Events,
+    RedisServer,
+    ktype,
+    request,
+    serve,
+    skip_or_fail,
+    work,
+)
+
+
+@pytest.fixture(scope="module")
+def engine2(docker_client: DockerClient, controller_image: str) -> Iterator[DockerClient]:
+    """The second build host's engine, holding the test double image too."""
+    if not DOCKER_HOST_2:
+        skip_or_fail("KIISRV_TEST_DOCKER_HOST_2 is unset: no second Docker engine (.ci/run)")
+    try:
+        client = docker.DockerClient(base_url=DOCKER_HOST_2, version="auto", timeout=120)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        skip_or_fail(f"the second engine {DOCKER_HOST_2} does not answer: {exc}")
+    try:
+        have = client.images.get(controller_image).id
+    except docker.errors.ImageNotFound:
+        have = None
+    if have != controller_image:
+        data = b"".join(docker_client.images.get(controller_image).save(named=False))
+        client.images.load(data)
+    image = client.images.get(controller_image)
+    for container in TEST_CONTAINERS:
+        image.tag(f"{TEST_IMAGE_PREFIX}{container}", "latest")
+    yield client
+    for c in client.containers.list(all=True):
+        if c.name.startswith(TEST_PREFIX):
+            c.remove(force=True)
+    client.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if not os.path.exists(REDIS_SERVER):
+        skip_or_fail("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+class Cluster:
+    """Workers (one per engine) and API servers on one Redis."""
+
+    def __init__(self, base: Settings, tmp: Path, redis: RedisServer, stack: Any) -> None:
+        self.base = base
+        self.tmp = tmp
+        self.redis = redis
+        self.stack = stack
+        self.workers: dict[str, Any] = {}
+        self.servers: list[Any] = []
+        self.server_settings: list[Settings] = []
+        self.bases: list[str] = []
+
+    def worker_settings(self, name: str, docker_url: str, max_builds: int = 2) -> Settings:
+        return self.base.replace(
+            data_dir=self.tmp / name,
+            instance=f"{self.base.instance}-{name}",
+            docker_url=docker_url,
+            max_builds=max_builds,
+        )
+
+    def start_worker(self, s: Settings, **env: str) -> Any:
+        log = self.tmp / f"{s.instance}.log"
+        proc = self.stack.enter_context(work(s, log, KIISRV_QUEUE_URL=self.redis.url, **env))
+        self.workers[s.instance] = proc
+        return proc
+
+    def start_server(self, name: str, **env: str) -> str:
+        s = self.base.replace(data_dir=self.tmp / name, instance=f"{self.base.instance}-{name}")
+        live = self.stack.enter_context(
+            serve(s, self.tmp / f"{name}.log", KIISRV_QUEUE_URL=self.redis.url, **env)
+        )
+        self.server_settings.append(s)
+        self.bases.append(str(live.base))
+        return str(live.base)
+
+    def rows(self) -> int:
+        """Requests rows of all API servers (``/stats`` writes the pending ones first)."""
+        for base in self.bases:
+            assert httpx.get(f"{base}/stats", timeout=30).status_code == 200
+        total = 0
+        for s in self.server_settings:
+            with sqlite3.connect(s.stats_db) as db:
+                total += db.execute("SELECT COUNT(*) FROM Requests").fetchone()[0]
+        return total
+
+
+@pytest.fixture
+def cluster(
+    docker_settings: Settings,
+    engine2: DockerClient,
+    redis: RedisServer,
+    tmp_path: Path,
+    docker_client: DockerClient,
+) -> Iterator[Cluster]:
+    with contextlib.ExitStack() as stack:
+        c = Cluster(docker_settings, tmp_path, redis, stack)
+        yield c
+        stack.close()
+        for client in (docker_client, engine2):
+            for ct in client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}"}):
+                if ct.name.startswith(docker_settings.instance):
+                    ct.remove(force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                client.volumes.get(docker_settings.ccache_volume).remove(force=True)
+
+
+async def _versions_ready(base: str, timeout: float = 30) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = await http.get("/versions")
+            if r.status_code == 200 and "latest" in r.json():
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{base}/versions never offered latest")
+
+
+def _created(events: list[Events]) -> list[int]:
+    return [len(e.created()) for e in events]
+
+
+def test_builds_spread_over_two_engines_and_identical_ones_run_once(
+    cluster: Cluster, docker_client: DockerClient, engine2: DockerClient
+) -> None:
+    w1 = cluster.worker_settings("w1", cluster.base.docker_url)
+    w2 = cluster.worker_settings("w2", str(DOCKER_HOST_2))
+    cluster.start_worker(w1)
+    cluster.start_worker(w2)
+    servers = [cluster.start_server("api1"), cluster.start_server("api2")]
+    events = [Events(docker_client, w1.instance), Events(engine2, w2.instance)]
+
+    async def scenario() -> tuple[list[httpx.Response], list[httpx.Response], bytes]:
+        await asyncio.gather(*(_versions_ready(b) for b in servers))
+        clients = [httpx.AsyncClient(base_url=b, timeout=120) for b in servers]
+        try:
+            distinct = [
+                request(ktype(custom=f"# KIISRV_TEST_SLEEP=1 spread {i}")) for i in range(10)
+            ]
+            first = await asyncio.gather(
+                *(clients[i % 2].post("/", json=d) for i, d in enumerate(distinct))
+            )
+            same = request(ktype(custom="# KIISRV_TEST_SLEEP=2 identical"))
+            second = await asyncio.gather(*(clients[i % 2].post("/", json=same) for i in range(30)))
+            # The other API server serves the zip too: it came through Redis.
+            name = second[0].json()["filename"].removeprefix("./tmp/")
+            zips = [(await c.get(f"/tmp/{name}")).content for c in clients]
+            assert zips[0] == zips[1]
+            versions = [(await c.get("/versions")).json() for c in clients]
+            assert versions[0] == versions[1] and "lts" in versions[0]
+            return first, second, zips[0]
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    first, second, zip_bytes = asyncio.run(scenario())
+    assert [r.status_code for r in first] == [200] * 10, [r.text for r in first]
+    assert [r.status_code for r in second] == [200] * 30, [r.text for r in second]
+    assert len({r.json()["filename"] for r in first}) == 10
+    assert len({r.json()["filename"] for r in second}) == 1
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as z:
+        assert any(n.endswith(".dfu.bin") or n.endswith(".bin") for n in z.namelist())
+    created = _created(events)
+    assert sum(created) == 10 + 1, created
+    assert all(n >= 1 for n in created), f"builds did not spread over both engines: {created}"
+    assert cluster.rows() == 10 + 30
+
+
+def test_a_worker_killed_mid_build_the_build_finishes_on_the_other(
+    cluster: Cluster, docker_client: DockerClient, engine2: DockerClient
+) -> None:
+    w1 = cluster.worker_settings("w1", cluster.base.docker_url, max_builds=1)
+    w2 = cluster.worker_settings("w2", str(DOCKER_HOST_2), max_builds=1)
+    lease = {"KIISRV_WORKER_LEASE": "2"}
+    procs = {w1.instance: cluster.start_worker(w1, **lease), w2.instance: None}
+    base = cluster.start_server("api1", **lease)
+    clients = {w1.instance: docker_client, w2.instance: engine2}
+
+    async def scenario() -> httpx.Response:
+        await _versions_ready(base)
+        procs[w2.instance] = cluster.start_worker(w2, **lease)
+        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            body = request(ktype(custom="# KIISRV_TEST_SLEEP=5 killed"))
+            answer = asyncio.create_task(http.post("/", json=body))
+            victim = None
+            deadline = time.monotonic() + 30
+            while victim is None and time.monotonic() < deadline:
+                for instance, client in clients.items():
+                    if client.containers.list(filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+                        victim = instance
+                await asyncio.sleep(0.1)
+            assert victim is not None, "no build container started"
+            os.kill(procs[victim].pid, signal.SIGKILL)  # type: ignore[union-attr]
+            procs[victim].wait()  # type: ignore[union-attr]
+            response = await answer
+            # Restarted, the killed worker removes the container it left behind.
+            s = w1 if victim == w1.instance else w2
+            cluster.start_worker(s, **lease)
+            for _ in range(100):
+                left = clients[victim].containers.list(
+                    all=True, filters={"label": f"{LABEL_INSTANCE}={victim}"}
+                )
+                if not left:
+                    break
+                await asyncio.sleep(0.1)
+            assert not left, f"orphan containers of {victim} were not removed"
+            return response
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 200, response.text
+    assert response.json()["success"] is True
+    assert cluster.rows() == 1
+
+
+def test_redis_down_is_503_with_retry_after_then_recovers(
+    cluster: Cluster, docker_client: DockerClient
+) -> None:
+    w1 = cluster.worker_settings("w1", cluster.base.docker_url)
+    cluster.start_worker(w1, KIISRV_WORKER_LEASE="2")
+    base = cluster.start_server("api1", KIISRV_WORKER_LEASE="2")
+
+    async def scenario() -> list[httpx.Response]:
+        await _versions_ready(base)
+        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            ok = await http.post("/", json=request(ktype(custom="# before")))
+            cluster.redis.stop()
+            down = await http.post("/", json=request(ktype(custom="# during")))
+            cluster.redis.start()
+            await _versions_ready(base)
+            after = await http.post("/", json=request(ktype(custom="# after")))
+            return [ok, down, after]
+
+    ok, down, after = asyncio.run(scenario())
+    assert ok.status_code == 200, ok.text
+    assert down.status_code == 503, down.text
+    assert "Redis" in down.json()["error"]
+    assert int(down.headers["retry-after"]) > 0
+    assert after.status_code == 200, after.text
+    assert cluster.rows() == 3
