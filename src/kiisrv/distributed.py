@@ -30,7 +30,6 @@ import logging
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -45,9 +44,10 @@ from kiisrv import kll
 from kiisrv.artifacts import write_bytes
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
-from kiisrv.errors import EngineNotFound, KiisrvError, QueueFull, Unavailable
+from kiisrv.errors import EngineNotFound, KiisrvError, Unavailable
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
+from kiisrv.queue import InFlight, InFlightQueue
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
 from kiisrv.storage import Storage, now
@@ -216,66 +216,27 @@ def join_adverts(
     return found
 
 
-@dataclass
-class _InFlight:
-    job: Job
-    future: asyncio.Future[Job]
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-class RedisQueue:
+class RedisQueue(InFlightQueue):
     """Enqueues builds for ``kiisrv worker``s and waits for their results."""
 
     def __init__(self, settings: Settings, runner: Runner, storage: Storage, redis: ArqRedis):
+        super().__init__(storage, settings.max_queue)
         self.settings = settings
         self.runner = runner
-        self.storage = storage
         self.redis = redis
-        self.max_queue = settings.max_queue
-        self._inflight: dict[str, _InFlight] = {}
 
-    async def submit(self, plan: Plan) -> Job:
-        record = self._inflight.get(plan.job.hash)
-        if record is None:
-            record = await self._admit(plan)
-        return await asyncio.shield(record.future)
-
-    async def _admit(self, plan: Plan) -> _InFlight:
-        if len(self._inflight) >= self.max_queue:
-            raise QueueFull(
-                f"{len(self._inflight)} builds are already waiting; try again in a minute",
-                retry_after=60,
-            )
-        await self.storage.run(self.storage.save_job, plan.job)
-        existing = self._inflight.get(plan.job.hash)
-        if existing is not None:
-            return existing
-        record = _InFlight(plan.job, asyncio.get_running_loop().create_future())
-        self._inflight[plan.job.hash] = record
-        record.task = asyncio.create_task(self._run(plan, record), name=f"build-{plan.job.hash}")
-        return record
-
-    def current(self, hash_: str) -> Job | None:
-        record = self._inflight.get(hash_)
-        return record.job if record else None
-
-    def in_use(self) -> set[str]:
-        return set(self._inflight)
+    def _waiting(self) -> int:
+        return len(self._inflight)  # queued or running, they all wait on the workers
 
     async def live_log(self, hash_: str) -> bytes | None:
         return None  # the output is on the worker's engine; the log comes with the zip
 
     async def close(self) -> None:
-        tasks = [r.task for r in self._inflight.values() if r.task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await super().close()
         with contextlib.suppress(RedisError):
             await self.redis.aclose(close_connection_pool=True)
 
-    async def _run(self, plan: Plan, record: _InFlight) -> None:
+    async def _run(self, plan: Plan, record: InFlight) -> None:
         job = plan.job
         try:
             remote, data = await self._remote(plan)

@@ -52,22 +52,25 @@ class BuildQueue(Protocol):
 
 
 @dataclass
-class _InFlight:
+class InFlight:
     job: Job
     future: asyncio.Future[Job]
     container: str | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
-class LocalQueue:
-    """Builds in this process, at most ``max_builds`` at once."""
+class InFlightQueue:
+    """What every queue does the same way: one record per hash, admission, shutdown.
 
-    def __init__(self, runner: Runner, storage: Storage, max_builds: int, max_queue: int):
-        self.runner = runner
+    The job row is written *before* the record is registered, so a failed write leaves
+    nothing behind for identical requests to wait on. Subclasses say how a build runs
+    (``_run``, which must settle the record's future) and what counts as waiting.
+    """
+
+    def __init__(self, storage: Storage, max_queue: int) -> None:
         self.storage = storage
         self.max_queue = max_queue
-        self._slots = asyncio.Semaphore(max(1, max_builds))
-        self._inflight: dict[str, _InFlight] = {}
+        self._inflight: dict[str, InFlight] = {}
 
     async def submit(self, plan: Plan) -> Job:
         record = self._inflight.get(plan.job.hash)
@@ -75,20 +78,26 @@ class LocalQueue:
             record = await self._admit(plan)
         return await asyncio.shield(record.future)
 
-    async def _admit(self, plan: Plan) -> _InFlight:
-        queued = sum(1 for r in self._inflight.values() if r.job.state is JobState.QUEUED)
-        if queued >= self.max_queue:
+    def _waiting(self) -> int:
+        return sum(1 for r in self._inflight.values() if r.job.state is JobState.QUEUED)
+
+    async def _admit(self, plan: Plan) -> InFlight:
+        waiting = self._waiting()
+        if waiting >= self.max_queue:
             raise QueueFull(
-                f"{queued} builds are already waiting; try again in a minute", retry_after=60
+                f"{waiting} builds are already waiting; try again in a minute", retry_after=60
             )
         await self.storage.run(self.storage.save_job, plan.job)  # may raise: nothing registered
         existing = self._inflight.get(plan.job.hash)  # an identical request won the race
         if existing is not None:
             return existing
-        record = _InFlight(plan.job, asyncio.get_running_loop().create_future())
+        record = InFlight(plan.job, asyncio.get_running_loop().create_future())
         self._inflight[plan.job.hash] = record
         record.task = asyncio.create_task(self._run(plan, record), name=f"build-{plan.job.hash}")
         return record
+
+    async def _run(self, plan: Plan, record: InFlight) -> None:
+        raise NotImplementedError
 
     def current(self, hash_: str) -> Job | None:
         record = self._inflight.get(hash_)
@@ -96,6 +105,23 @@ class LocalQueue:
 
     def in_use(self) -> set[str]:
         return set(self._inflight)
+
+    async def close(self) -> None:
+        tasks = [r.task for r in self._inflight.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+class LocalQueue(InFlightQueue):
+    """Builds in this process, at most ``max_builds`` at once."""
+
+    def __init__(self, runner: Runner, storage: Storage, max_builds: int, max_queue: int):
+        super().__init__(storage, max_queue)
+        self.runner = runner
+        self._slots = asyncio.Semaphore(max(1, max_builds))
 
     async def live_log(self, hash_: str) -> bytes | None:
         record = self._inflight.get(hash_)
@@ -106,15 +132,7 @@ class LocalQueue:
             return await self.runner.engine.logs(record.container)
         return None
 
-    async def close(self) -> None:
-        tasks = [r.task for r in self._inflight.values() if r.task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
-
-    async def _run(self, plan: Plan, record: _InFlight) -> None:
+    async def _run(self, plan: Plan, record: InFlight) -> None:
         job = plan.job
         output = b""
         try:
