@@ -386,7 +386,17 @@ def work(settings: Settings, log: Path, **env_extra: str) -> Iterator[subprocess
 
 # -- the shared statistics database: PostgreSQL ----------------------------------------
 
-POSTGRES_BIN = Path(os.environ.get("KIISRV_TEST_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _postgres_bin() -> Path:
+    """KIISRV_TEST_POSTGRES_BIN, else the newest of Debian's /usr/lib/postgresql/<v>/bin."""
+    explicit = os.environ.get("KIISRV_TEST_POSTGRES_BIN")
+    if explicit:
+        return Path(explicit)
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+POSTGRES_BIN = _postgres_bin()
 
 
 class PostgresServer:
