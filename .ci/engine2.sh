@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The second build host of the distributed tests: redis-server installed, and a second
-# Docker engine on this machine with its own data root, exec root, pidfile and socket.
+# The second build host of the distributed tests: redis-server and postgresql
+# installed, and a second Docker engine on this machine with its own data root, exec
+# root, pidfile and socket.
 # Builds have no network, so it needs no bridge and no iptables rules. It runs in a
 # network namespace of its own (only lo: a build host without IPv4 networking): a
 # dockerd with --bridge=none deletes the interface docker0, which in the host's
@@ -14,6 +15,13 @@ if ! command -v redis-server >/dev/null; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 # Debian's package starts a service on 6379; the tests use their own ports.
+# PostgreSQL for the shared statistics (KIISRV_STATS_URL): the tests run initdb and
+# postgres themselves from /usr/lib/postgresql/15/bin; the cluster Debian's package may
+# start on 5432 is not used.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
 
 KIISRV_ENGINE2_DIR="$(mktemp -d /tmp/kiisrv-engine2.XXXXXX)"
 export KIISRV_ENGINE2_DIR

@@ -2,14 +2,21 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from kiisrv.settings import Settings
-from tests.helpers import FIXTURE_LAYOUTS, TEST_IMAGE_PREFIX, TEST_PREFIX, app_client
+from tests.helpers import (
+    FIXTURE_LAYOUTS,
+    TEST_IMAGE_PREFIX,
+    TEST_PREFIX,
+    PostgresServer,
+    app_client,
+    postgres_server,
+)
 
 
 @pytest.fixture
@@ -38,3 +45,16 @@ def settings(tmp_path: Path) -> Settings:
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with app_client(settings) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session (initdb takes seconds); a database per test."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def stats_url(postgres: PostgresServer) -> str:
+    """KIISRV_STATS_URL of a new, empty database."""
+    return postgres.create_database(f"kiisrv_{secrets.token_hex(6)}")

@@ -9,9 +9,11 @@ import asyncio
 import copy
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -380,3 +382,121 @@ def work(settings: Settings, log: Path, **env_extra: str) -> Iterator[subprocess
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# -- the shared statistics database: PostgreSQL ----------------------------------------
+
+
+def _postgres_bin() -> Path:
+    """KIISRV_TEST_POSTGRES_BIN, else the newest of Debian's /usr/lib/postgresql/<v>/bin."""
+    explicit = os.environ.get("KIISRV_TEST_POSTGRES_BIN")
+    if explicit:
+        return Path(explicit)
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+POSTGRES_BIN = _postgres_bin()
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of the test's own (Debian's binaries), trust auth, no fsync.
+
+    initdb and postgres refuse to run as root, so as root both run as the ``postgres``
+    user, in a folder of their own under /tmp (pytest's tmp_path is root's, mode 700).
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="kiisrv-pg-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            self._as = {"user": "postgres", "group": "postgres"}
+            shutil.chown(self.dir, "postgres", "postgres")
+
+    @staticmethod
+    def available() -> bool:
+        return (POSTGRES_BIN / "initdb").is_file() and (POSTGRES_BIN / "postgres").is_file()
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        """initdb (the first time), then the server; returns once it takes connections."""
+        data = self.dir / "data"
+        if not (data / "PG_VERSION").exists():
+            subprocess.run(
+                [
+                    *(str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres"),
+                    *("--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"),
+                ],
+                cwd=self.dir,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                **self._as,
+            )
+        log = (self.dir / "postgres.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                *(str(POSTGRES_BIN / "postgres"), "-D", str(data), "-p", str(self.port)),
+                *("-k", str(self.dir), "-c", "listen_addresses=127.0.0.1"),
+                *("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"),
+            ],
+            cwd=self.dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            **self._as,
+        )
+        log.close()
+        import psycopg
+
+        for _ in range(200):
+            try:
+                psycopg.connect(self.url(), connect_timeout=1).close()
+                return
+            except psycopg.OperationalError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        raise AssertionError(f"postgres did not start:\n{(self.dir / 'postgres.log').read_text()}")
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; its URL (what KIISRV_STATS_URL would say)."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): open connections are cut."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A started PostgresServer, removed afterwards; skipped (failed in CI) without one."""
+    if not PostgresServer.available():
+        skip_or_fail(
+            f"PostgreSQL is not installed ({POSTGRES_BIN}/initdb is missing: "
+            "apt-get install postgresql, or set KIISRV_TEST_POSTGRES_BIN)"
+        )
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

@@ -28,7 +28,7 @@ import anyio.to_thread
 from kiisrv import privacy
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
-from kiisrv.errors import NotFound, Unavailable, UnknownVersion
+from kiisrv.errors import NotFound, StorageError, Unavailable, UnknownVersion
 from kiisrv.jobs import Job, JobState
 from kiisrv.layouts import LayoutStore
 from kiisrv.planner import Plan, Planner
@@ -84,7 +84,7 @@ class Kiisrv:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = Storage(settings.stats_db, settings.config_db)
+        self.storage = Storage(settings.stats_db, settings.config_db, settings.stats_url)
         self.engine = Engine(settings.docker_url, settings.engine_timeout, settings.max_builds)
         self.layouts = LayoutStore(settings.layouts_dir)
         self.catalog = Catalog(settings, self.storage, self.engine)
@@ -210,7 +210,11 @@ class Kiisrv:
         s = self.settings
         if s.requests_retention_days > 0 and not dry_run:
             before = now() - timedelta(days=s.requests_retention_days)
-            gone = self.storage.prune_requests(before)
+            try:
+                gone = self.storage.prune_requests(before)
+            except StorageError as exc:  # the statistics database down: prune the files anyway
+                log.error("statistics rows not pruned: %s", exc.message)
+                gone = 0
             if gone:
                 log.info("deleted %d statistics rows older than %s", gone, before.date())
         return prune(
@@ -237,9 +241,13 @@ class Kiisrv:
 
     async def start(self) -> None:
         await self.storage.run(self.storage.seed_versions, DEFAULT_VERSIONS)
-        hidden = await self.storage.run(
-            self.storage.pseudonymise, self.pseudonym, privacy.is_address
-        )
+        try:
+            hidden = await self.storage.run(
+                self.storage.pseudonymise, self.pseudonym, privacy.is_address
+            )
+        except StorageError as exc:  # a shared statistics database down: serve builds anyway
+            log.error("raw client addresses not checked (next start will): %s", exc.message)
+            hidden = 0
         if hidden:
             log.info("replaced %d raw client addresses in the statistics by keyed hashes", hidden)
         await self.runner.recover()

@@ -18,7 +18,9 @@ Keys (all in the Redis of ``KIISRV_QUEUE_URL``):
   and so expires soon after a worker is killed: another worker then takes the build.
 
 The API server keeps its own job rows, zips and Requests rows: it writes the zip it
-got from Redis into its builds folder (the result store, not file copying).
+got from Redis into its builds folder (the result store, not file copying). Its
+Requests rows go to the PostgreSQL all API servers share when ``KIISRV_STATS_URL``
+is set (requests_store.py).
 """
 
 from __future__ import annotations

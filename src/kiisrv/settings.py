@@ -191,12 +191,25 @@ class Settings(BaseSettings):
         gt=0,
         description="Distributed: seconds a finished build's zip stays in Redis.",
     )
+    stats_url: str | None = Field(
+        None,
+        alias="KIISRV_STATS_URL",
+        description="PostgreSQL URL of the statistics (Requests) all API servers share; "
+        "unset: this server's SQLite.",
+    )
     worker_poll: float = Field(
         0.02,
         alias="KIISRV_WORKER_POLL",
         gt=0,
         description="Distributed: seconds between a worker's looks at its queues.",
     )
+
+    @field_validator("stats_url")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value or None
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -1,8 +1,10 @@
 """Request statistics: recording them, and ``GET /stats``, the reference's summary.
 
 Recording must cost a request nothing it can feel: rows are queued in memory and
-written in batches, one transaction each, on the storage thread. ``/stats`` flushes
-first, so it always counts every request answered so far. Counts are computed in SQL
+written in batches, one transaction each, on the storage thread; a batch the database
+refuses is kept and written by a later flush. ``/stats`` flushes first, so it always
+counts every request answered so far. The rows live where ``storage.requests`` keeps
+them: this server's SQLite, or the PostgreSQL all API servers share. Counts are computed in SQL
 so the page stays cheap with a large table; the count blocks are printed the way the
 reference (Rust ``{:#?}`` of a map) printed them.
 """
@@ -23,6 +25,8 @@ log = logging.getLogger("kiisrv.stats")
 
 FLUSH_EVERY = 0.5  # seconds
 FLUSH_AT = 512  # rows
+# Rows kept for another try while the database cannot be written (about 300 bytes each).
+MAX_PENDING = 200_000
 
 
 class StatsRecorder:
@@ -58,7 +62,18 @@ class StatsRecorder:
                 try:
                     await self.storage.run(self.storage.record_requests, rows)
                 except KiisrvError as exc:
-                    log.error("could not record %d requests: %s", len(rows), exc.message)
+                    # Kept, in order, for the next flush: a database that is down for a
+                    # while (a full disk, PostgreSQL restarting) loses no accepted request.
+                    self._rows[:0] = rows
+                    lost = len(self._rows) - MAX_PENDING
+                    if lost > 0:
+                        del self._rows[:lost]
+                    log.error(
+                        "could not record %d requests, kept for the next try%s: %s",
+                        len(rows),
+                        f" ({lost} oldest dropped: over {MAX_PENDING} waiting)" if lost > 0 else "",
+                        exc.message,
+                    )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -99,23 +114,22 @@ async def render(storage: Storage) -> str:
 
 def figures(storage: Storage) -> dict[str, Any]:
     """The figures of ``/stats`` (blocking: five aggregate scans of Requests)."""
-    total, unique, users, layers, durations = storage.query(
+    total, unique, users, layers, durations = storage.query_requests(
         "SELECT COUNT(*), COUNT(DISTINCT hash), COUNT(DISTINCT ip_addr),"
         " COALESCE(SUM(layers), 0), COALESCE(SUM(build_duration), 0) FROM Requests"
     )[0]
 
     def counts(expr: str) -> list[tuple[str, int]]:
-        rows = storage.query(
-            f"SELECT {expr} AS k, COUNT(*) FROM Requests GROUP BY k ORDER BY COUNT(*) DESC, k"
-        )
-        return [(str(k), int(n)) for k, n in rows]
+        # Ties are ordered here, not in SQL: Postgres would sort by its locale's collation.
+        rows = storage.query_requests(f"SELECT {expr} AS k, COUNT(*) FROM Requests GROUP BY k")
+        return sorted(((str(k), int(n)) for k, n in rows), key=lambda kn: (-kn[1], kn[0]))
 
     return {
-        "builds": total,
-        "unique": unique,
+        "builds": int(total),
+        "unique": int(unique),
         "cache_ratio": total / unique if unique else 0.0,
         "avg_time_s": durations / unique / 1000 if unique else 0.0,
-        "users": users,
+        "users": int(users),
         "builds_per_user": total / users if users else 0.0,
         "avg_layers": layers / total if total else 0.0,
         "os": counts("os"),

@@ -83,7 +83,7 @@ Figures = tuple[list[Build], list[dict[str, Any]], list[dict[str, Any]], dict[st
 
 
 def _figures(server: Kiisrv) -> Figures:
-    """Blocking SQLite reads, run on the storage thread."""
+    """Blocking reads, run on the storage thread: Builds in SQLite, Requests wherever it is."""
     q = server.storage.query
     recent = [
         Build(h, *_names(stem), version, state, ms / 1000 if ms is not None else None, _at(fin))
@@ -105,7 +105,7 @@ def _figures(server: Kiisrv) -> Figures:
     ][::-1]
     keyboards = [
         {"keyboard": board, "requests": n}
-        for board, n in q(
+        for board, n in server.storage.query_requests(
             "SELECT board, COUNT(*) AS n FROM Requests GROUP BY board ORDER BY n DESC LIMIT 10"
         )
     ]

@@ -1,9 +1,11 @@
-"""SQLite storage: ``config.db`` (Versions) and ``stats.db`` (Requests, Builds).
+"""SQLite storage: ``config.db`` (Versions) and ``stats.db`` (Builds; Requests by default).
 
 The Requests table keeps the reference schema so existing statistics carry over.
 Builds is new: one row per distinct build, so that a build accepted before a restart
 can still be reported (as failed, with the reason) after it. Every write goes through
-this object's lock on one connection per file, in WAL mode.
+this object's lock on one connection per file, in WAL mode. The Requests rows go
+through ``requests`` (requests_store.py): ``stats.db`` too, or the PostgreSQL database
+all API servers share when ``KIISRV_STATS_URL`` is set.
 
 The methods block (a write can wait out the busy timeout on a locked database), so
 async code calls them through ``run``: one thread of the storage's own, which also
@@ -26,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
+from kiisrv.requests_store import SQLITE_SCHEMA, RequestsStore, open_store
 from kiisrv.versions import Version
 
 P = ParamSpec("P")
@@ -40,23 +43,9 @@ CREATE TABLE IF NOT EXISTS Versions (
 );
 """
 
-_STATS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS Requests (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    uid            INTEGER,
-    ip_addr        TEXT NOT NULL,
-    os             TEXT NOT NULL,
-    web            INTEGER NOT NULL,
-    serial         INTEGER,
-    hash           TEXT NOT NULL,
-    board          TEXT NOT NULL,
-    variant        TEXT NOT NULL,
-    layers         INTEGER NOT NULL,
-    container      TEXT NOT NULL,
-    success        INTEGER NOT NULL,
-    request_time   INTEGER NOT NULL,
-    build_duration INTEGER
-);
+_STATS_SCHEMA = (
+    SQLITE_SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS Builds (
     hash        TEXT PRIMARY KEY,
     stem        TEXT NOT NULL,
@@ -70,6 +59,7 @@ CREATE TABLE IF NOT EXISTS Builds (
     duration_ms INTEGER
 );
 """
+)
 
 
 @dataclass(frozen=True)
@@ -101,10 +91,12 @@ def _connect(path: Path, script: str) -> sqlite3.Connection:
 
 
 class Storage:
-    def __init__(self, stats_db: Path, config_db: Path) -> None:
+    def __init__(self, stats_db: Path, config_db: Path, stats_url: str | None = None) -> None:
         self._mutex = threading.Lock()
         self._stats = _connect(stats_db, _STATS_SCHEMA)
         self._config = _connect(config_db, _CONFIG_SCHEMA)
+        # The Requests rows: in stats.db, or in the PostgreSQL all API servers share.
+        self.requests: RequestsStore = open_store(stats_url, self._stats)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiisrv-sqlite")
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -124,6 +116,7 @@ class Storage:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         with self._lock():
+            self.requests.close()
             self._stats.close()
             self._config.close()
 
@@ -152,43 +145,25 @@ class Storage:
     def record_requests(self, records: Sequence[RequestRecord]) -> None:
         """Many rows in one transaction: one commit for a whole batch of requests."""
         with self._lock():
-            self._stats.execute("BEGIN")
-            try:
-                self._stats.executemany(
-                    "INSERT INTO Requests (ip_addr, os, web, hash, board, variant, layers,"
-                    " container, success, request_time, build_duration)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_request_row(r) for r in records],
-                )
-            except BaseException:
-                self._stats.execute("ROLLBACK")
-                raise
-            self._stats.execute("COMMIT")
+            self.requests.record(records)
 
     def pseudonymise(self, hide: Callable[[str], str], is_raw: Callable[[str], bool]) -> int:
         """Replaces raw client addresses (databases of older servers) by ``hide(address)``."""
         with self._lock():
-            raw = [
-                a
-                for (a,) in self._stats.execute("SELECT DISTINCT ip_addr FROM Requests")
-                if is_raw(a)
-            ]
-            with self._stats:
-                self._stats.executemany(
-                    "UPDATE Requests SET ip_addr = ? WHERE ip_addr = ?",
-                    [(hide(a), a) for a in raw],
-                )
-            return len(raw)
+            return self.requests.pseudonymise(hide, is_raw)
 
     def prune_requests(self, before: datetime) -> int:
         """Deletes the Requests rows of requests made before ``before``."""
-        with self._lock(), self._stats:
-            cur = self._stats.execute(
-                "DELETE FROM Requests WHERE request_time < ?", (before.isoformat(),)
-            )
-            return cur.rowcount
+        with self._lock():
+            return self.requests.prune(before)
+
+    def query_requests(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """A read of the Requests table wherever it is (SQL both SQLite and Postgres run)."""
+        with self._lock():
+            return self.requests.query(sql, *args)
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """A read of the SQLite ``stats.db`` (Builds)."""
         with self._lock():
             return self._stats.execute(sql, args).fetchall()
 
@@ -257,22 +232,6 @@ class Storage:
                 ),
             )
             return cur.rowcount
-
-
-def _request_row(r: RequestRecord) -> tuple[Any, ...]:
-    return (
-        r.ip_addr,
-        r.os,
-        int(r.web),
-        r.hash,
-        r.board,
-        r.variant,
-        r.layers,
-        r.container,
-        int(r.success),
-        r.request_time.isoformat(),
-        r.build_duration,
-    )
 
 
 def _iso(value: datetime | None) -> str | None:

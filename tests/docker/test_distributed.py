@@ -21,6 +21,7 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
+import psycopg
 import pytest
 from docker import DockerClient
 
@@ -91,6 +92,7 @@ class Cluster:
         self.servers: list[Any] = []
         self.server_settings: list[Settings] = []
         self.bases: list[str] = []
+        self.stats_url: str | None = None  # set: API servers share this statistics database
 
     def worker_settings(self, name: str, docker_url: str, max_builds: int = 2) -> Settings:
         return self.base.replace(
@@ -108,6 +110,8 @@ class Cluster:
 
     def start_server(self, name: str, **env: str) -> str:
         s = self.base.replace(data_dir=self.tmp / name, instance=f"{self.base.instance}-{name}")
+        if self.stats_url:
+            env = {"KIISRV_STATS_URL": self.stats_url, **env}
         live = self.stack.enter_context(
             serve(s, self.tmp / f"{name}.log", KIISRV_QUEUE_URL=self.redis.url, **env)
         )
@@ -119,11 +123,40 @@ class Cluster:
         """Requests rows of all API servers (``/stats`` writes the pending ones first)."""
         for base in self.bases:
             assert httpx.get(f"{base}/stats", timeout=30).status_code == 200
+        if self.stats_url:
+            with psycopg.connect(self.stats_url) as conn:
+                row = conn.execute("SELECT COUNT(*) FROM Requests").fetchone()
+                assert row is not None
+                return int(row[0])
         total = 0
         for s in self.server_settings:
             with sqlite3.connect(s.stats_db) as db:
                 total += db.execute("SELECT COUNT(*) FROM Requests").fetchone()[0]
         return total
+
+    def stats_builds(self) -> list[int]:
+        """The request count each API server's ``/stats.json`` reports (after a flush of all)."""
+        for base in self.bases:  # each /stats writes that server's pending rows
+            assert httpx.get(f"{base}/stats", timeout=30).status_code == 200
+        return [int(httpx.get(f"{b}/stats.json", timeout=30).json()["builds"]) for b in self.bases]
+
+
+def _cluster(
+    docker_settings: Settings,
+    engines: list[DockerClient],
+    redis: RedisServer,
+    tmp_path: Path,
+) -> Iterator[Cluster]:
+    with contextlib.ExitStack() as stack:
+        c = Cluster(docker_settings, tmp_path, redis, stack)
+        yield c
+        stack.close()
+        for client in engines:
+            for ct in client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}"}):
+                if ct.name.startswith(docker_settings.instance):
+                    ct.remove(force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                client.volumes.get(docker_settings.ccache_volume).remove(force=True)
 
 
 @pytest.fixture
@@ -134,16 +167,15 @@ def cluster(
     tmp_path: Path,
     docker_client: DockerClient,
 ) -> Iterator[Cluster]:
-    with contextlib.ExitStack() as stack:
-        c = Cluster(docker_settings, tmp_path, redis, stack)
-        yield c
-        stack.close()
-        for client in (docker_client, engine2):
-            for ct in client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}"}):
-                if ct.name.startswith(docker_settings.instance):
-                    ct.remove(force=True)
-            with contextlib.suppress(docker.errors.NotFound):
-                client.volumes.get(docker_settings.ccache_volume).remove(force=True)
+    yield from _cluster(docker_settings, [docker_client, engine2], redis, tmp_path)
+
+
+@pytest.fixture
+def cluster1(
+    docker_settings: Settings, redis: RedisServer, tmp_path: Path, docker_client: DockerClient
+) -> Iterator[Cluster]:
+    """A cluster on the first engine alone (no second engine needed)."""
+    yield from _cluster(docker_settings, [docker_client], redis, tmp_path)
 
 
 async def _versions_ready(base: str, timeout: float = 30) -> None:
@@ -162,8 +194,9 @@ def _created(events: list[Events]) -> list[int]:
 
 
 def test_builds_spread_over_two_engines_and_identical_ones_run_once(
-    cluster: Cluster, docker_client: DockerClient, engine2: DockerClient
+    cluster: Cluster, docker_client: DockerClient, engine2: DockerClient, stats_url: str
 ) -> None:
+    cluster.stats_url = stats_url  # the statistics of both API servers in one PostgreSQL
     w1 = cluster.worker_settings("w1", cluster.base.docker_url)
     w2 = cluster.worker_settings("w2", str(DOCKER_HOST_2))
     cluster.start_worker(w1)
@@ -204,7 +237,39 @@ def test_builds_spread_over_two_engines_and_identical_ones_run_once(
     created = _created(events)
     assert sum(created) == 10 + 1, created
     assert all(n >= 1 for n in created), f"builds did not spread over both engines: {created}"
-    assert cluster.rows() == 10 + 30
+    assert cluster.rows() == 10 + 30  # rows written = requests sent, all in PostgreSQL
+    assert cluster.stats_builds() == [10 + 30, 10 + 30]  # and each /stats counts them all
+
+
+def test_two_api_servers_write_their_statistics_to_one_postgres(
+    cluster1: Cluster, stats_url: str
+) -> None:
+    """KIISRV_STATS_URL: requests answered by either API server are counted by both."""
+    cluster1.stats_url = stats_url
+    cluster1.start_worker(cluster1.worker_settings("w1", cluster1.base.docker_url))
+    servers = [cluster1.start_server("api1"), cluster1.start_server("api2")]
+
+    async def scenario() -> list[httpx.Response]:
+        await asyncio.gather(*(_versions_ready(b) for b in servers))
+        clients = [httpx.AsyncClient(base_url=b, timeout=120) for b in servers]
+        try:
+            bodies = [request(ktype(custom=f"# stats {i % 3}")) for i in range(9)]
+            return list(
+                await asyncio.gather(
+                    *(clients[i % 2].post("/", json=b) for i, b in enumerate(bodies))
+                )
+            )
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    answers = asyncio.run(scenario())
+    assert [r.status_code for r in answers] == [200] * 9, [r.text for r in answers]
+    assert cluster1.rows() == 9
+    assert cluster1.stats_builds() == [9, 9]
+    for s in cluster1.server_settings:  # nothing of it in the servers' own SQLite
+        with sqlite3.connect(s.stats_db) as db:
+            assert db.execute("SELECT COUNT(*) FROM Requests").fetchone() == (0,)
 
 
 def test_a_worker_killed_mid_build_the_build_finishes_on_the_other(
