@@ -200,14 +200,13 @@ def create_app(settings: Settings) -> FastAPI:
         """Build firmware for a layout; blocks until the zip is ready."""
         received = now()
         raw = await request.body()
-        body = parse_body(raw)
         client = client_address(
             request.client.host if request.client else "",
             request.headers.get("x-forwarded-for"),
             proxies,
         )
         try:
-            outcome = await server.build(body, raw, client)
+            outcome = await server.build_raw(raw, parse_body, client)
         except RecursionError:  # nested deep inside an otherwise parsed body
             raise InvalidLayout("the body is nested too deeply to be a layout") from None
         server.stats.record(request_record(request, outcome, received, server.pseudonym(client)))
