@@ -52,7 +52,7 @@ from kiisrv.planner import Plan
 from kiisrv.queue import InFlight, InFlightQueue
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
-from kiisrv.storage import Storage, now
+from kiisrv.storage import Storage
 from kiisrv.versions import DEFAULT_VERSIONS, ReleaseInfo, Version
 
 log = logging.getLogger("kiisrv.distributed")
@@ -448,12 +448,7 @@ class BuildWorker:
             job.state, job.error, job.retry_later = JobState.QUEUED, None, False
             output = b""
             try:
-                await self.runner.stage(plan)
-                async with self._slots:
-                    job.state = JobState.RUNNING
-                    job.started_at = now()
-                    await self.storage.run(self.storage.save_job, job)
-                    output = await self.runner.run(plan, lambda cid: None)
+                output = await self.runner.execute(plan, self._slots, lambda cid: None)
             except Unavailable as exc:
                 log.warning("worker %s: build %s: %s; retrying", self.id, hash_, exc.message)
                 await self.runner.finish(plan, output)

@@ -24,7 +24,7 @@ from kiisrv.errors import EngineConflict, EngineNotFound, KiisrvError, QueueFull
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.runner import Runner
-from kiisrv.storage import Storage, now
+from kiisrv.storage import Storage
 
 log = logging.getLogger("kiisrv.queue")
 
@@ -136,16 +136,11 @@ class LocalQueue(InFlightQueue):
         job = plan.job
         output = b""
         try:
-            await self.runner.stage(plan)
-            async with self._slots:
-                job.state = JobState.RUNNING
-                job.started_at = now()
-                await self.storage.run(self.storage.save_job, job)
 
-                def running_in(cid: str) -> None:
-                    record.container = cid
+            def running_in(cid: str) -> None:
+                record.container = cid
 
-                output = await self.runner.run(plan, running_in)
+            output = await self.runner.execute(plan, self._slots, running_in)
         except asyncio.CancelledError:
             job.error = "the server shut down before this build finished"
             raise

@@ -36,9 +36,9 @@ _COLUMNS = (
     " build_duration"
 )
 
-SQLITE_SCHEMA = """
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS Requests (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             {id},
     uid            INTEGER,
     ip_addr        TEXT NOT NULL,
     os             TEXT NOT NULL,
@@ -50,32 +50,16 @@ CREATE TABLE IF NOT EXISTS Requests (
     layers         INTEGER NOT NULL,
     container      TEXT NOT NULL,
     success        INTEGER NOT NULL,
-    request_time   INTEGER NOT NULL,
+    request_time   {time} NOT NULL,
     build_duration INTEGER
 );
 """
-
+SQLITE_SCHEMA = _SCHEMA.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", time="INTEGER")
 # The reference's columns; request_time is TEXT because what SQLite has always held
 # there (its column says INTEGER) is ISO 8601 text, and retention compares it as such.
-POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS Requests (
-    id             BIGSERIAL PRIMARY KEY,
-    uid            INTEGER,
-    ip_addr        TEXT NOT NULL,
-    os             TEXT NOT NULL,
-    web            INTEGER NOT NULL,
-    serial         INTEGER,
-    hash           TEXT NOT NULL,
-    board          TEXT NOT NULL,
-    variant        TEXT NOT NULL,
-    layers         INTEGER NOT NULL,
-    container      TEXT NOT NULL,
-    success        INTEGER NOT NULL,
-    request_time   TEXT NOT NULL,
-    build_duration INTEGER
-);
-CREATE INDEX IF NOT EXISTS requests_request_time ON Requests (request_time)
-"""
+POSTGRES_SCHEMA = _SCHEMA.format(id="BIGSERIAL PRIMARY KEY", time="TEXT") + (
+    "CREATE INDEX IF NOT EXISTS requests_request_time ON Requests (request_time)\n"
+)
 
 # Two API servers starting at once would both create the table; the loser's CREATE
 # fails on the catalog's unique index. A transaction-wide advisory lock orders them.

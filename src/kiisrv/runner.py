@@ -91,6 +91,18 @@ class Runner:
             # Removal must happen even when the build task is cancelled (shutdown).
             await asyncio.shield(self.engine.remove(cid))
 
+    async def execute(
+        self, plan: Plan, slots: asyncio.Semaphore, on_container: Callable[[str], None]
+    ) -> bytes:
+        """Stage the inputs, wait for a slot, run: what every queue does to build."""
+        await self.stage(plan)
+        async with slots:
+            job = plan.job
+            job.state = JobState.RUNNING
+            job.started_at = now()
+            await self.storage.run(self.storage.save_job, job)
+            return await self.run(plan, on_container)
+
     async def finish(self, plan: Plan, output: bytes) -> None:
         """Publish the zip the container left, or write an error zip; record the job."""
         await anyio.to_thread.run_sync(self._publish, plan, output)
