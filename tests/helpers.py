@@ -299,7 +299,9 @@ class Events:
     def running(self) -> list[Any]:
         return list(
             self.client.containers.list(
-                all=True, filters={"label": f"io.kiisrv.instance={self.instance}"}
+                ignore_removed=True,
+                all=True,
+                filters={"label": f"io.kiisrv.instance={self.instance}"},
             )
         )
 

@@ -53,7 +53,7 @@ def docker_client() -> Iterator[DockerClient]:
 
 
 def _remove_leftovers(client: DockerClient) -> None:
-    for c in client.containers.list(all=True):
+    for c in client.containers.list(ignore_removed=True, all=True):
         if c.name.startswith(TEST_PREFIX):
             c.remove(force=True)
 
@@ -79,7 +79,9 @@ def build_containers(docker_client: DockerClient, docker_settings: Settings) -> 
     events = Events(docker_client, docker_settings.instance)
     yield events
     for c in docker_client.containers.list(
-        all=True, filters={"label": f"{LABEL_INSTANCE}={docker_settings.instance}"}
+        ignore_removed=True,
+        all=True,
+        filters={"label": f"{LABEL_INSTANCE}={docker_settings.instance}"},
     ):
         print(f"--- leftover container {c.name} ---\n{c.logs().decode(errors='replace')}")
         c.remove(force=True)

@@ -124,7 +124,9 @@ def deployment(
         yield docker_settings.instance, env, data_host
     finally:
         for c in docker_client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={docker_settings.instance}"}
+            ignore_removed=True,
+            all=True,
+            filters={"label": f"com.docker.compose.project={docker_settings.instance}"},
         ):
             print(f"--- {c.name} ---\n{c.logs().decode(errors='replace')}")
         subprocess.run([*compose, "down", "-v"], env=env, capture_output=True)
@@ -149,7 +151,7 @@ def test_compose_deployment_from_loaded_images(
     # them): they run `true` and exit. What stays up is the server and the proxy.
     labels = {"label": f"com.docker.compose.project={project}"}
     for _ in range(80):
-        everything = docker_client.containers.list(all=True, filters=labels)
+        everything = docker_client.containers.list(ignore_removed=True, all=True, filters=labels)
         services = {c.labels["com.docker.compose.service"]: c for c in everything}
         if all(services[s].status == "exited" for s in ("controller-050", "controller-057")):
             break
@@ -158,7 +160,7 @@ def test_compose_deployment_from_loaded_images(
         "controller-050": 0,
         "controller-057": 0,
     }
-    running = docker_client.containers.list(filters=labels)
+    running = docker_client.containers.list(ignore_removed=True, filters=labels)
     services = {c.labels["com.docker.compose.service"]: c for c in running}
     assert set(services) == {"kiisrv", "socket-proxy"}
     server = services["kiisrv"]
@@ -193,7 +195,7 @@ def test_compose_deployment_from_loaded_images(
     down = subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, text=True)
     assert down.returncode == 0, down.stderr
     left = docker_client.containers.list(
-        all=True, filters={"label": f"com.docker.compose.project={project}"}
+        ignore_removed=True, all=True, filters={"label": f"com.docker.compose.project={project}"}
     )
     assert left == [] and build_containers.running() == []
     assert env["KIISRV_CCACHE_VOLUME"] not in [v.name for v in docker_client.volumes.list()]

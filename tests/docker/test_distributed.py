@@ -64,7 +64,7 @@ def engine2(docker_client: DockerClient, controller_image: str) -> Iterator[Dock
     for container in TEST_CONTAINERS:
         image.tag(f"{TEST_IMAGE_PREFIX}{container}", "latest")
     yield client
-    for c in client.containers.list(all=True):
+    for c in client.containers.list(ignore_removed=True, all=True):
         if c.name.startswith(TEST_PREFIX):
             c.remove(force=True)
     client.close()
@@ -152,7 +152,9 @@ def _cluster(
         yield c
         stack.close()
         for client in engines:
-            for ct in client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}"}):
+            for ct in client.containers.list(
+                ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}"}
+            ):
                 if ct.name.startswith(docker_settings.instance):
                     ct.remove(force=True)
             with contextlib.suppress(docker.errors.NotFound):
@@ -292,7 +294,9 @@ def test_a_worker_killed_mid_build_the_build_finishes_on_the_other(
             deadline = time.monotonic() + 30
             while victim is None and time.monotonic() < deadline:
                 for instance, client in clients.items():
-                    if client.containers.list(filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+                    if client.containers.list(
+                        ignore_removed=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+                    ):
                         victim = instance
                 await asyncio.sleep(0.1)
             assert victim is not None, "no build container started"
@@ -304,7 +308,7 @@ def test_a_worker_killed_mid_build_the_build_finishes_on_the_other(
             cluster.start_worker(s, **lease)
             for _ in range(100):
                 left = clients[victim].containers.list(
-                    all=True, filters={"label": f"{LABEL_INSTANCE}={victim}"}
+                    ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}={victim}"}
                 )
                 if not left:
                     break
