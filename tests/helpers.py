@@ -176,22 +176,26 @@ class Live:
     pid: int
 
 
-@contextmanager
-def serve(settings: Settings, log: Path, **env_extra: str) -> Iterator[Live]:
-    """``kiisrv serve`` in a subprocess, configured by the environment like production."""
-    port = free_port()
-    env = {
+def kiisrv_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a ``kiisrv`` subprocess reads ``settings`` from, as in production."""
+    return {
         **os.environ,
-        "KIISRV_HOST": "127.0.0.1",
-        "KIISRV_PORT": str(port),
         "KIISRV_DATA_DIR": str(settings.data_dir),
         "KIISRV_LAYOUTS_DIR": str(settings.layouts_dir),
         "KIISRV_IMAGE_PREFIX": settings.image_prefix,
         "KIISRV_INSTANCE": settings.instance,
         "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
+        "KIISRV_BUILD_MEMORY": settings.build_memory,
         "KIISRV_RATE_LIMIT": str(settings.rate_limit),
-        **env_extra,
+        **extra,
     }
+
+
+@contextmanager
+def serve(settings: Settings, log: Path, **env_extra: str) -> Iterator[Live]:
+    """``kiisrv serve`` in a subprocess, configured by the environment like production."""
+    port = free_port()
+    env = kiisrv_env(settings, KIISRV_HOST="127.0.0.1", KIISRV_PORT=str(port), **env_extra)
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kiisrv", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
@@ -355,18 +359,12 @@ class RedisServer:
 @contextmanager
 def work(settings: Settings, log: Path, **env_extra: str) -> Iterator[subprocess.Popen[bytes]]:
     """``kiisrv worker`` in a subprocess; its instance name is ``settings.instance``."""
-    env = {
-        **os.environ,
-        "KIISRV_DATA_DIR": str(settings.data_dir),
-        "KIISRV_LAYOUTS_DIR": str(settings.layouts_dir),
-        "KIISRV_IMAGE_PREFIX": settings.image_prefix,
-        "KIISRV_INSTANCE": settings.instance,
-        "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
-        "KIISRV_BUILD_MEMORY": settings.build_memory,
-        "DOCKER_HOST": settings.docker_url,
-        "KIISRV_MAX_BUILDS": str(settings.max_builds),
+    env = kiisrv_env(
+        settings,
+        DOCKER_HOST=settings.docker_url,
+        KIISRV_MAX_BUILDS=str(settings.max_builds),
         **env_extra,
-    }
+    )
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kiisrv", "worker"],

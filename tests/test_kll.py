@@ -185,8 +185,8 @@ def test_whitefox_pairs_by_scan_code_and_skips_unknown_codes() -> None:
     files = gen(doc, base_name="WhiteFox")
     assert files["WhiteFox-Mine-0.kll"].count(" : ") == 2
     assert 'U"B" : U"X";\nU"ESC" : U"Z";' in files["WhiteFox-Mine-0.kll"]
-    assert kll.base_file_name(parse_layout(doc), lts=True) == "WhiteFox-TestBase.lts.json"
-    assert kll.base_file_name(parse_layout(doc), lts=False) == "WhiteFox-TestBase.json"
+    assert kll.base_file_names(parse_layout(doc), lts=True)[0] == "WhiteFox-TestBase.lts.json"
+    assert kll.base_file_names(parse_layout(doc), lts=False) == ["WhiteFox-TestBase.json"]
     lts_base = parse_layout(
         json.loads((FIXTURE_LAYOUTS / "WhiteFox-TestBase.lts.json").read_bytes())
     )

@@ -74,11 +74,6 @@ def board_name(layout: Layout) -> str:
     return sanitise(layout.header.Name)
 
 
-def base_file_name(layout: Layout, lts: bool) -> str:
-    """The server's own layout file that the user's map is laid over."""
-    return base_file_names(layout, lts)[0]
-
-
 def base_file_names(layout: Layout, lts: bool) -> list[str]:
     """The base layouts to lay the user's map over, the first that exists.
 

@@ -42,7 +42,6 @@ DEFAULT_VERSIONS: tuple[Version, ...] = (
     Version("v0.5.0", "stable", "controller-050", "v0.5.0"),
 )
 
-VERSION_FILE = "/controller/kiisrv-version.json"
 LABEL_PREFIX = "io.kiisrv.release."
 
 

@@ -7,7 +7,6 @@ double images; the server then serves the report at ``GET /compat``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,21 +15,13 @@ from pathlib import Path
 import pytest
 
 from kiisrv.settings import Settings
-from tests.helpers import app_client, ktype
+from tests.helpers import app_client, kiisrv_env, ktype
 
 pytestmark = pytest.mark.anyio
 
 
 def canary(settings: Settings, layouts: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "KIISRV_DATA_DIR": str(settings.data_dir),
-        "KIISRV_LAYOUTS_DIR": str(layouts),
-        "KIISRV_IMAGE_PREFIX": settings.image_prefix,
-        "KIISRV_INSTANCE": settings.instance,
-        "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
-        "KIISRV_BUILD_MEMORY": settings.build_memory,
-    }
+    env = kiisrv_env(settings, KIISRV_LAYOUTS_DIR=str(layouts))
     return subprocess.run(
         [sys.executable, "-m", "kiisrv", "canary", *args],
         env=env,

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 from kiisrv.settings import Settings
-from tests.helpers import ktype
+from tests.helpers import kiisrv_env, ktype
 
 
 def build(settings: Settings, layout: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "KIISRV_DATA_DIR": str(settings.data_dir),
-        "KIISRV_LAYOUTS_DIR": str(settings.layouts_dir),
-        "KIISRV_IMAGE_PREFIX": settings.image_prefix,
-        "KIISRV_INSTANCE": settings.instance,
-        "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
-        "COLUMNS": "200",
-    }
+    env = kiisrv_env(settings, COLUMNS="200")
     return subprocess.run(
         [sys.executable, "-m", "kiisrv", "build", str(layout), *args],
         env=env,
