@@ -105,12 +105,12 @@ class CountRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        code = 500
 
         async def sending(message: Message) -> None:
-            nonlocal status
+            nonlocal code
             if message["type"] == "http.response.start":
-                status = message["status"]
+                code = message["status"]
             await send(message)
 
         try:
@@ -118,7 +118,7 @@ class CountRequests:
         finally:
             # The router names the endpoint in the scope: a handful of names, not paths.
             route = getattr(scope.get("endpoint"), "__name__", "unmatched")
-            self.measures.requests.labels(route, scope["method"], str(status)).inc()
+            self.measures.requests.labels(route, scope["method"], str(code)).inc()
 
 
 class BodyLimit:
