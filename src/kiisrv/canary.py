@@ -4,27 +4,44 @@ Each case goes through the same code path as a request (plan, queue, container, 
 so the report says what a Configurator user would get: built, refused up front with a
 4xx, or failed in the compiler. The report is written as JSON (served by ``GET /compat``)
 and as a Markdown table for the docs.
+
+A zip with firmware in it is not proof that the firmware is right: a warm tree
+configured for another variant compiles cleanly and ships another board's scan codes
+(BUILD_CONTRACT.md, "The firmware is a function of the inputs"). With ``verify`` each
+built case is also built from nothing (``Verifier``) and every ``.dfu.bin`` compared.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import re
+import shutil
 import time
 import zipfile
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from kiisrv import __version__
+from kiisrv import __version__, kll
 from kiisrv.artifacts import artifact_path
 from kiisrv.errors import ClientError, KiisrvError, NotFound
+from kiisrv.jobs import Job, JobState
+from kiisrv.planner import Plan
+
+if TYPE_CHECKING:
+    from kiisrv.core import Kiisrv
 
 Outcome = Literal["built", "refused", "failed"]
 REPORT_NAME = "compat.json"
+# What is flashed, for the size column (a board has one image or two halves). The
+# comparison covers more: every ``*.dfu.bin`` of the zip (``firmware``), so that
+# ``kiibohd.secure.dfu.bin`` and its halves, or a name a new image adds, cannot slip by.
 FIRMWARE_FILES = ("kiibohd.dfu.bin", "left_kiibohd.dfu.bin", "right_kiibohd.dfu.bin")
+FIRMWARE_SUFFIX = ".dfu.bin"
 
 # Lines that say a build went wrong without saying why, or that are noise (CMake's
 # developer warnings name "missing" things on every build).
@@ -53,6 +70,11 @@ class CaseResult:
     error: str | None = None
     cached: bool = False
     filename: str | None = None
+    # Only with --verify: the same bytes as a build from nothing (None: not verified),
+    # the .dfu.bin files that differ, and why the build from nothing gave none.
+    identical: bool | None = None
+    differing: tuple[str, ...] = ()
+    reference_error: str | None = None
 
 
 @dataclass
@@ -62,10 +84,18 @@ class Report:
     versions: dict[str, Any]
     results: list[CaseResult] = field(default_factory=list)
 
+    @property
+    def verified(self) -> bool:
+        return any(r.identical is not None for r in self.results)
+
     def summary(self) -> dict[str, int]:
+        """Outcomes; with --verify also how many built cases are identical or differ."""
         counts = {"built": 0, "refused": 0, "failed": 0}
         for r in self.results:
             counts[r.outcome] += 1
+        if self.verified:
+            counts["identical"] = sum(r.identical is True for r in self.results)
+            counts["differing"] = sum(r.identical is False for r in self.results)
         return counts
 
     def as_json(self) -> dict[str, Any]:
@@ -90,6 +120,12 @@ class Report:
             f"{s['failed']} failed.",
             "",
         ]
+        if self.verified:
+            lines[-1:-1] = [
+                f"Verified (`--verify`): {s['identical']} built cases identical to a build "
+                f"from nothing (`KIISRV_WARM=0`, no ccache), **{s['differing']} differing**.",
+                "",
+            ]
         for name, info in self.versions.items():
             lines.append(
                 f"- `{name}`: {info.get('image', '?')} ({info.get('tag') or 'unknown tag'})"
@@ -109,7 +145,13 @@ def _cell(r: CaseResult | None) -> str:
     if r.outcome == "built":
         size = f", {r.firmware_bytes / 1024:.0f} KiB" if r.firmware_bytes else ""
         how = "cached" if r.cached else f"{r.seconds:.1f} s"
-        return f"built ({how}{size})"
+        built = f"built ({how}{size})"
+        if r.identical is True:
+            return f"{built}, identical"
+        if r.identical is False:
+            why = ", ".join(r.differing) or (r.reference_error or "").replace("|", "\\|")
+            return f"{built}, **DIFFERS** from a build from nothing: {why}"
+        return built
     text = (r.error or "").replace("|", "\\|")
     return f"**{r.outcome}** {r.status}: {text}"
 
@@ -155,6 +197,24 @@ def firmware_size(builds_dir: Path, filename: str) -> int | None:
     return sum(sizes) if sizes else None
 
 
+def firmware(zip_path: Path) -> dict[str, bytes]:
+    """Every ``.dfu.bin`` of a zip by name; empty when the zip is missing or broken."""
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            return {
+                n: z.read(n) for n in z.namelist() if n.endswith(FIRMWARE_SUFFIX) and "/" not in n
+            }
+    except (OSError, zipfile.BadZipFile):
+        return {}
+
+
+def differing(served: dict[str, bytes], reference: dict[str, bytes]) -> tuple[str, ...]:
+    """The files not byte-identical in both, a file only one of them has included."""
+    return tuple(
+        sorted(n for n in served.keys() | reference.keys() if served.get(n) != reference.get(n))
+    )
+
+
 def build_log(builds_dir: Path, filename: str) -> str:
     try:
         with zipfile.ZipFile(artifact_path(builds_dir, Path(filename).name)) as z:
@@ -176,6 +236,84 @@ class Answer:
 Submit = Callable[[dict[str, Any]], Awaitable[Answer]]
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What a build from nothing made: its firmware, or why it made none."""
+
+    firmware: dict[str, bytes]
+    error: str | None = None
+
+
+Verify = Callable[[dict[str, Any]], Awaitable[Reference]]
+
+
+class _FromNothing(kll.BuildParams):
+    """The plan's own parameters, but no warm tree and no ccache: both exist to be fast,
+    and the firmware must not depend on them (BUILD_CONTRACT.md)."""
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "KIISRV_WARM": "0", "CCACHE_DISABLE": "1"}
+
+
+def from_nothing(plan: Plan) -> Plan:
+    """The same plan (image, .kll files, environment) under a hash and zip name of its
+    own, so that it can neither replace the zip served for the request nor be answered
+    by it, built from nothing."""
+    job = plan.job
+    hash_ = f"cold-{job.hash}"
+    return dataclasses.replace(
+        plan,
+        job=Job(hash=hash_, stem=f"{job.stem}-cold", version=job.version, container=job.container),
+        params=_FromNothing(**dataclasses.asdict(plan.params)),
+    )
+
+
+class Verifier:
+    """Builds a request from nothing on the canary's own server, bypassing its queue and
+    cache (a oneshot run of the runner), and leaves no zip, input or container behind.
+
+    A request is built from nothing once per run: versions that name the same image
+    (nightly, latest, v0.5.7) plan the same hash, and their zips are compared with it.
+    """
+
+    def __init__(self, server: Kiisrv) -> None:
+        self.server = server
+        self._slots = asyncio.Semaphore(1)
+        self._made: dict[str, Reference] = {}
+
+    async def __call__(self, body: dict[str, Any]) -> Reference:
+        plan = await self.server.plan(body)
+        made = self._made.get(plan.job.hash)
+        if made is None:
+            made = self._made[plan.job.hash] = await self._build(from_nothing(plan))
+        return made
+
+    async def _build(self, plan: Plan) -> Reference:
+        runner, job = self.server.runner, plan.job
+        self._clean(plan)  # whatever a run before left cannot be taken for this build
+        output = b""
+        try:
+            try:
+                output = await runner.execute(plan, self._slots, lambda cid: None)
+            except KiisrvError as exc:
+                job.error = exc.message
+            finally:
+                await runner.finish(plan, output)
+            made = self.server.settings.builds_dir / job.zip_name
+            if job.state is JobState.SUCCEEDED:
+                return Reference(firmware(made))
+            log = build_log(self.server.settings.builds_dir, job.zip_name) or (job.error or "")
+            return Reference({}, f"the build from nothing failed: {first_error_line(log)}")
+        finally:
+            self._clean(plan)
+
+    def _clean(self, plan: Plan) -> None:
+        s, stem = self.server.settings, plan.job.stem
+        for name in (f"{stem}.zip", f"{stem}_error.zip"):
+            (s.builds_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(s.config_dir / plan.job.hash, ignore_errors=True)
+
+
 async def run(
     submit: Submit,
     builds_dir: Path,
@@ -183,8 +321,12 @@ async def run(
     versions: Sequence[str],
     version_info: dict[str, Any],
     progress: Callable[[CaseResult], None] = lambda r: None,
+    verify: Verify | None = None,
 ) -> Report:
-    """Builds each layout for each version, one at a time (so the seconds mean something)."""
+    """Builds each layout for each version, one at a time (so the seconds mean something).
+
+    With ``verify``, each built case is then built from nothing, outside its seconds.
+    """
     report = Report(
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         kiisrv=__version__,
@@ -195,7 +337,8 @@ async def run(
         for version in versions:
             started = time.monotonic()
             try:
-                answer = await submit({"config": config, "env": version})
+                body = {"config": config, "env": version}
+                answer = await submit(body)
             except ClientError as exc:
                 result = CaseResult(
                     path.name, version, "refused", 0.0, exc.status, error=exc.message
@@ -222,6 +365,8 @@ async def run(
                         cached=answer.cached,
                         filename=answer.filename,
                     )
+                    if verify is not None:
+                        result = await _verified(result, verify, builds_dir, body)
                 else:
                     log = build_log(builds_dir, answer.filename) or (answer.error or "")
                     said = (answer.error or "").split("\n", 1)[0]  # diagnose.py's sentence
@@ -239,6 +384,23 @@ async def run(
             report.results.append(result)
             progress(result)
     return report
+
+
+async def _verified(
+    result: CaseResult, verify: Verify, builds_dir: Path, body: dict[str, Any]
+) -> CaseResult:
+    """The case with the served zip's firmware compared to a build from nothing."""
+    try:
+        reference = await verify(body)
+    except KiisrvError as exc:  # the engine or the disk: not proof either way
+        reference = Reference({}, f"no build from nothing: {exc.message.splitlines()[0]}")
+    served = firmware(builds_dir / Path(result.filename or "").name)
+    if reference.error is not None:
+        return dataclasses.replace(result, identical=False, reference_error=reference.error)
+    diff = differing(served, reference.firmware)
+    if not served:
+        diff = diff or ("(no .dfu.bin in either zip)",)
+    return dataclasses.replace(result, identical=not diff, differing=diff)
 
 
 def write(report: Report, path: Path) -> tuple[Path, Path]:

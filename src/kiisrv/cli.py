@@ -133,6 +133,11 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
 
             def progress(r: canary.CaseResult) -> None:
                 detail = f"{r.seconds:.1f} s" if r.outcome == "built" else r.error
+                if r.identical is True:
+                    detail = f"{detail}, identical to a build from nothing"
+                elif r.identical is False:
+                    why = ", ".join(r.differing) or r.reference_error
+                    detail = f"{detail}, DIFFERS from a build from nothing: {why}"
                 print(f"{r.outcome:8} {r.layout} @ {r.version}: {detail}", flush=True)
 
             return await canary.run(
@@ -142,6 +147,7 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
                 versions,
                 info,
                 progress,
+                verify=canary.Verifier(server) if args.verify else None,
             )
         finally:
             await server.stop()
@@ -150,10 +156,17 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
         report = asyncio.run(run(Path(tmp)))
     json_path, md_path = canary.write(report, report_path)
     s = report.summary()
-    print(
-        f"{s['built']} built, {s['refused']} refused, {s['failed']} failed: {json_path}, {md_path}"
+    verified = (
+        f" ({s.get('identical', 0)} identical to a build from nothing, "
+        f"{s.get('differing', 0)} differ)"
+        if args.verify
+        else ""
     )
-    return 1 if s["failed"] else 0
+    print(
+        f"{s['built']} built{verified}, {s['refused']} refused, {s['failed']} failed: "
+        f"{json_path}, {md_path}"
+    )
+    return 1 if s["failed"] or s.get("differing") else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -210,6 +223,12 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="report JSON; the Markdown table goes beside it (default: <data dir>/compat.json)",
+    )
+    can.add_argument(
+        "--verify",
+        action="store_true",
+        help="also build each built case from nothing and compare every .dfu.bin byte for "
+        "byte; exit 1 when one differs",
     )
     can.set_defaults(func=_canary)
 
