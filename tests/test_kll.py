@@ -317,3 +317,24 @@ def test_a_partial_layer_with_function_keys_names_the_function_map() -> None:
     doc["header"]["Name"] = "MDErgo1"
     params = kll.build_params(parse_layout(doc), files)
     assert params.partial_maps == "KType-Mine-1;infinity_ergodox/lcdFuncMap KType-Mine-2"
+
+
+@pytest.mark.parametrize("value", ["NEXT LAYER", "Prev Layer", "next layer", "Latch16"])
+def test_every_key_the_function_map_defines_names_the_map(value: str) -> None:
+    """NEXT-ƒ / PREV-ƒ send `NEXT LAYER` / `PREV LAYER`, which stdFuncMap defines too."""
+    doc = ktype()
+    doc["matrix"][1]["layers"]["2"] = {"key": value}
+    files = [kll.KllFile(f"KType-Mine-{n}.kll", "") for n in range(3)]
+    params = kll.build_params(parse_layout(doc), files)
+    assert params.partial_maps == "KType-Mine-1;stdFuncMap KType-Mine-2"
+    doc["matrix"][1]["layers"]["2"] = {"key": f"#:{value}"}
+    assert kll.build_params(parse_layout(doc), files).partial_maps == "KType-Mine-1;KType-Mine-2"
+
+
+def test_next_layer_on_layer_0_keeps_the_stock_layers() -> None:
+    doc = ktype()
+    for k in doc["matrix"]:
+        k["layers"] = {"0": k["layers"]["0"]}
+    doc["matrix"][0]["layers"]["0"] = {"key": "NEXT LAYER"}
+    files = [kll.KllFile("KType-Mine-0.kll", "")]
+    assert kll.build_params(parse_layout(doc), files).partial_maps == ""

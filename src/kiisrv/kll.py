@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from kiisrv import firmware
 from kiisrv.errors import InvalidLayout, UnknownKeyboard
 from kiisrv.layout import Layout, MatrixKey
 
@@ -212,19 +213,28 @@ def generate(layout: Layout, base: Layout, lts: bool) -> list[KllFile]:
     return files
 
 
-# Keys that switch layers: FUNCTION1, LOCK2, LATCH3 (stdFuncMap), or a raw action such
-# as `#:layerShift(1)`.
-_LAYER_KEY = re.compile(r"^(FUNCTION|LOCK|LATCH)\d+$|^#:.*layer", re.IGNORECASE)
-# The keys a function map (stdFuncMap, lcdFuncMap) defines.
-_FUNCTION_KEY = re.compile(r"^(FUNCTION|LOCK|LATCH)\d+$", re.IGNORECASE)
+# A raw action that switches layers, such as `#:layerShift(1)`.
+_LAYER_ACTION = re.compile(r"^#:.*layer", re.IGNORECASE)
 # PartialMapsExpandedOverride that names no map: an empty one would make the keyboard
 # script use its own stock layers.
 NO_PARTIAL_MAPS = ";"
 
 
+def function_map(layout: Layout) -> str:
+    """The function map a build names before its layers (KLL_GENERATION.md)."""
+    split = board_name(layout).lower() == "mdergo1"
+    return "infinity_ergodox/lcdFuncMap" if split else "stdFuncMap"
+
+
+def _function_key(value: str, keys: frozenset[str]) -> bool:
+    """A key the function map defines: the KLL compiler compares names uppercased."""
+    return not value.startswith("#:") and value.upper() in keys
+
+
 def reaches_other_layers(layout: Layout) -> bool:
+    keys = firmware.function_map_keys(function_map(layout))
     return any(
-        _LAYER_KEY.search(action.key)
+        _LAYER_ACTION.search(action.key) or _function_key(action.key, keys)
         for key in layout.matrix
         for number, action in key.layers.items()
         if number == 0
@@ -232,8 +242,9 @@ def reaches_other_layers(layout: Layout) -> bool:
 
 
 def _uses_function_keys(layout: Layout, number: int) -> bool:
+    keys = firmware.function_map_keys(function_map(layout))
     return any(
-        _FUNCTION_KEY.match(action.key)
+        _function_key(action.key, keys)
         for key in layout.matrix
         for n, action in key.layers.items()
         if n == number
@@ -243,11 +254,11 @@ def _uses_function_keys(layout: Layout, number: int) -> bool:
 def build_params(layout: Layout, files: list[KllFile]) -> BuildParams:
     """The environment of a build (BUILD_CONTRACT.md).
 
-    A partial layer that puts a function-map key (FUNCTION2, LOCK1, ...) on a key names
-    the function map before its own file, as the default map does: the KLL compiler
-    cannot resolve those keys otherwise ("missing FuncMap layout", GeminiDuskDawn's
-    FUNCTION2 on layer 1). Other layers are left as the reference named them, so their
-    firmware does not change.
+    A partial layer that puts a function-map key (FUNCTION2, LOCK1, NEXT LAYER, ...: the
+    keys the map itself defines, firmware.json) on a key names the function map before
+    its own file, as the default map does: the KLL compiler cannot resolve those keys
+    otherwise ("missing FuncMap layout", GeminiDuskDawn's FUNCTION2 on layer 1). Other
+    layers are left as the reference named them, so their firmware does not change.
 
     A one-layer layout keeps the keyboard's stock layers (the script's own PartialMaps)
     when its layer 0 can switch to them: the Configurator's Blank layouts put FUNCTION1
@@ -256,7 +267,7 @@ def build_params(layout: Layout, files: list[KllFile]) -> BuildParams:
     whose stock layers use animations that only KType's stock layer 0 defines.
     """
     name = board_name(layout).lower()
-    extra_map = "infinity_ergodox/lcdFuncMap" if name == "mdergo1" else "stdFuncMap"
+    extra_map = function_map(layout)
     stems = [f.stem for f in files]
     partial = ";".join(
         f"{extra_map} {stem}" if _uses_function_keys(layout, n) else stem
