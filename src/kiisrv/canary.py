@@ -121,7 +121,7 @@ class Report:
             "",
         ]
         if self.verified:
-            lines[-1:-1] = [
+            lines += [
                 f"Verified (`--verify`): {s['identical']} built cases identical to a build "
                 f"from nothing (`KIISRV_WARM=0`, no ccache), **{s['differing']} differing**.",
                 "",

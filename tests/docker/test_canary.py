@@ -137,7 +137,8 @@ async def test_canary_verify_reports_a_firmware_that_differs(
     assert result.returncode == 1, out  # every build succeeded, but one firmware differs
     report = json.loads((docker_settings.data_dir / "compat.json").read_text())
     cases = {(r["layout"], r["version"]): r for r in report["results"]}
-    for layout in ("KType-Mine.json", "KType-TestBase.json", "MDErgo1-Split.json"):
+    identical = ("KType-Mine.json", "KType-TestBase.json", "MDErgo1-TestBase.json")
+    for layout in (*identical, "MDErgo1-Split.json"):
         for version in ("latest", "nightly"):
             case = cases[(layout, version)]
             assert case["outcome"] == "built" and case["identical"] is True, case
@@ -148,13 +149,13 @@ async def test_canary_verify_reports_a_firmware_that_differs(
         assert random["identical"] is False and random["differing"] == ["kiibohd.dfu.bin"]
     assert cases[("KType-Random.json", "nightly")]["cached"] is True
     assert report["summary"] == {
-        "built": 8,
+        "built": 10,
         "refused": 0,
         "failed": 0,
-        "identical": 6,
+        "identical": 8,
         "differing": 2,
     }
-    assert "8 built (6 identical to a build from nothing, 2 differ)" in result.stdout
+    assert "10 built (8 identical to a build from nothing, 2 differ)" in result.stdout
     assert "DIFFERS from a build from nothing: kiibohd.dfu.bin" in result.stdout
     table = (docker_settings.data_dir / "compat.md").read_text()
     assert "| KType-Mine.json | built (" in table and ", identical |" in table
