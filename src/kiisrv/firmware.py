@@ -130,7 +130,8 @@ def table() -> dict[str, Any]:
 
 
 def tags() -> list[str]:
-    return sorted(table())
+    """The versions the table knows, newest first."""
+    return sorted(table(), key=lambda t: [int(n) for n in re.findall(r"\d+", t)], reverse=True)
 
 
 def capabilities(tag: str, script: str) -> dict[str, list[str]] | None:

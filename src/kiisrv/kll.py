@@ -116,7 +116,7 @@ def _default_key(base: MatrixKey, where: str) -> str:
     return action.key
 
 
-def _pairs(layout: Layout, base: Layout) -> list[list[tuple[str, str]]]:
+def pairs(layout: Layout, base: Layout) -> list[list[tuple[str, str]]]:
     """(default key, user's key) per layer, layers dense from 0 to the highest used."""
     layers: list[list[tuple[str, str]]] = []
     by_code = board_name(layout).lower() == "whitefox"
@@ -146,17 +146,22 @@ def _pairs(layout: Layout, base: Layout) -> list[list[tuple[str, str]]]:
 _LTS_LED_CONTROL = re.compile(r"#:ledControl\(\s*[0-8]\s*,\s*-?\d+\s*\)")
 
 
+def commented_out(right: str, lts: bool) -> bool:
+    """Whether the LTS rules turn this raw action into a comment (KLL_GENERATION.md)."""
+    if not lts or not right.startswith("#:"):
+        return False
+    if "ledControl" in right:
+        return not _LTS_LED_CONTROL.fullmatch(right)
+    return "animation_control" in right
+
+
 def _line(left: str, right: str, lts: bool) -> str:
     key = format_key(left)
     if not right.startswith("#:"):
         return f"{key} : {format_key(right)};"
-    action = right[2:]
-    if lts and "ledControl" in right:
-        if not _LTS_LED_CONTROL.fullmatch(right):
-            return f"#{key} : {right};"
-    elif lts and "animation_control" in right:
+    if commented_out(right, lts):
         return f"#{key} : {right};"
-    return f"{key} : {action};"
+    return f"{key} : {right[2:]};"
 
 
 def _header_block(layout: Layout) -> str:
@@ -202,8 +207,8 @@ def generate(layout: Layout, base: Layout, lts: bool) -> list[KllFile]:
     animations = _animations_block(layout, lts)
     custom = layout.custom or {}
     files = []
-    for n, pairs in enumerate(_pairs(layout, base)):
-        lines = "\n".join(_line(left, right, lts) for left, right in pairs)
+    for n, layer in enumerate(pairs(layout, base)):
+        lines = "\n".join(_line(left, right, lts) for left, right in layer)
         extra = f"\n\n{custom[n]}" if n in custom else ""
         if n == 0:
             text = f"{header}\n\n{defines}\n\n{lines}\n\n{extra}\n\n{animations}\n\n"

@@ -92,6 +92,7 @@ class Planner:
         generated = kll.generate(layout, base, target.version.lts)
         if not generated:
             raise InvalidLayout("matrix: no key has any layer, so there is nothing to build")
+        support.check_keys(layout, base, target.version)
         # File names feed DefaultMapOverride, a space-separated list: no spaces there.
         files = [kll.KllFile(kll.sanitise(f.name), f.content) for f in generated]
         board = kll.board_name(layout)
