@@ -240,6 +240,8 @@ def build_test_image(client: Any, context: Path) -> str:
     shutil.copytree(
         REPO / "tests" / "controller-double", context / "tests" / "controller-double", symlinks=True
     )
+    (context / "src" / "kiisrv").mkdir(parents=True)
+    shutil.copy(REPO / "src" / "kiisrv" / "warmtree.py", context / "src" / "kiisrv")
     if EXTRA_CA:
         shutil.copy(EXTRA_CA, context / "docker" / "extra-ca" / "extra.crt")
     tag = f"{TEST_IMAGE_PREFIX}{TEST_CONTAINERS[0]}:latest"

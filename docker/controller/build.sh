@@ -73,16 +73,23 @@ ninja_phases() {
 }
 
 build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixed folder
-	local script="$1" out="$2" stem="${1%.bash}" how=cold tree="" cand src status
+	local script="$1" out="$2" stem="${1%.bash}" how=cold tree="" differs="" src status probe
 	local dir="${BUILD_ROOT}/${stem}"
 	if [ "${KIISRV_WARM:-1}" != 0 ]; then
-		for cand in "${WARM_DIR}/${stem}"/*/; do
-			[ -z "$tree" ] && tree="$cand" how=reconfigure
-			if [ "$(cat "${cand}kiisrv-maps" 2>/dev/null)" = "$MAPS" ]; then
-				tree="$cand" how=warm
-				break
-			fi
-		done
+		# What this request's configure would be (the cmake wrapper's probe: the script
+		# stops at its cmake call), and the tree configured the same way (warmtree.py).
+		probe="$(mktemp /tmp/kiisrv-probe.XXXXXX)"
+		mkdir -p "$dir"
+		(cd "${CONTROLLER_DIR}/Keyboards" && KIISRV_CONFIGURE_PROBE="$probe" \
+			DefaultMapOverride="$CANON_DEFAULT" PartialMapsExpandedOverride="$CANON_PARTIAL" \
+			"./${script}" -c "$CONTROLLER_DIR" -o "$dir") < /dev/null > /dev/null 2>&1
+		if [ -s "$probe" ]; then
+			IFS=$'\t' read -r how tree differs < <(python3 /usr/local/lib/kiisrv/warmtree.py \
+				pick "$probe" "${WARM_DIR}/${stem}" 2>/dev/null || echo cold)
+		fi
+		rm -f "$probe"
+		rm -rf "$dir"
+		[ -n "$tree" ] && tree="${tree%/}/"
 	fi
 	local t0 logged=0
 	t0="$(now_ms)"
@@ -93,7 +100,7 @@ build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixe
 	for src in "${!CANON[@]}"; do
 		cp -- "${KLL_DIR}/${src}.kll" "${dir}/${CANON[$src]}.kll"
 	done
-	echo " @@@@@ Build=${how}${tree:+ from ${tree%/}} in ${dir}" | tee "${out}/script.log"
+	echo " @@@@@ Build=${how}${tree:+ from ${tree%/}}${differs:+ (differs in ${differs})} in ${dir}" | tee "${out}/script.log"
 	echo " @@@@@ Prepared in $(($(now_ms) - t0)) ms" | tee -a "${out}/script.log"
 	if [ "$how" = warm ]; then
 		[ -f "${dir}/.ninja_log" ] && logged="$(wc -l < "${dir}/.ninja_log")"

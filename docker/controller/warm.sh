@@ -1,15 +1,23 @@
 #!/bin/bash
 # Image build step: the warm trees that builds start from (build.sh).
 #
-#   warm.sh "<keyboard scripts>" "<layer counts>" "<partial map prefix>"
+#   warm.sh <warm list>
 #
-# For each script and each layer count, configures and compiles the keyboard at the
-# fixed path requests build at, with placeholder layers named as requests' layers are
-# (layer-0 ...), and keeps the tree in $WARM_DIR/<script stem>/<count>/ with the maps it
-# was configured for. A keyboard that does not build here is left cold, not fatal:
-# its requests then build from nothing, as before.
+# For each line of the list (script, Layout, canonical maps: docker/controller/warm.list,
+# made by `kiisrv warm-list` from the stock layouts), configures and compiles the
+# keyboard at the fixed path requests build at, with placeholder layers named as
+# requests' layers are (layer-0 ...), and keeps the tree in
+# $WARM_DIR/<script stem>/<configure key>/. The key is that of the configure the cmake
+# wrapper recorded (bin/cmake, warmtree.py): build.sh reuses a tree only for a request
+# whose configure has the same key. A configuration that does not build here is left
+# cold, not fatal: its requests then build from nothing, as before. Identical objects
+# of different trees are hard-linked at the end, to keep the image small.
 set -euo pipefail
-scripts="$1" counts="$2" partial_prefix="${3:-}"
+list="$1"
+WARMTREE=/usr/local/lib/kiisrv/warmtree.py
+# The Dockerfile's build arguments are in the environment of RUN, and gone when a
+# request builds: a configure recorded with them would never have a request's key.
+unset TAG CONTROLLER_URL KEYBOARDS_EXTRA TOOLCHAIN_PACKAGES KLL_SPEC
 # shellcheck source=docker/controller/env.sh
 source /usr/local/lib/kiisrv/env.sh
 # A ccache of its own, for the trees of one keyboard to share; not kept in the image.
@@ -48,39 +56,71 @@ stock_layer() {
 	[ -n "$found" ] || echo "# no stock map for layer $2"
 }
 
-for script in $scripts; do
+# configure_key <script> <build dir>: the key of the configure this script would run
+# here (the cmake wrapper's probe, warmtree.py), without configuring anything.
+configure_key() {
+	local probe="${layers}/probe"
+	(cd "${CONTROLLER_DIR}/Keyboards" && KIISRV_CONFIGURE_PROBE="$probe" \
+		DefaultMapOverride="$CANON_DEFAULT" PartialMapsExpandedOverride="$CANON_PARTIAL" \
+		"./$1" -c "$CONTROLLER_DIR" -o "$2") < /dev/null > /dev/null 2>&1
+	python3 "$WARMTREE" key "$probe" 2>/dev/null
+}
+
+while IFS=$'\t' read -r script variant default_map partial_maps; do
+	case "$script" in ''|'#'*) continue ;; esac
+	[ "$variant" = - ] && variant=""
+	[ "$partial_maps" = - ] && partial_maps=""
 	stem="${script%.bash}"
+	[ -f "${CONTROLLER_DIR}/Keyboards/${script}" ] || { echo "no ${script} in this release"; continue; }
 	case "$stem" in
-		ergodox*) function_map="infinity_ergodox/lcdFuncMap" split=1 ;;
-		*) function_map="stdFuncMap" split="" ;;
+		*-l|*-r) split=1 ;;
+		*) split="" ;;
 	esac
-	for count in $counts; do
-		rm -rf "${layers:?}"/* "${BUILD_ROOT:?}/${stem}"
-		partial=""
-		for ((n = 0; n < count; n++)); do
-			stock_layer "$script" "$n" "$function_map" > "${layers}/layer-${n}.kll"
-			[ "$n" -gt 0 ] && partial+="${partial:+;}${partial_prefix:+${partial_prefix} }layer-${n}"
-		done
-		export DefaultMapOverride="${function_map} layer-0" PartialMapsExpandedOverride="$partial" \
-			SPLIT_KEYBOARD="$split"
-		canonical_maps "$layers"
-		mkdir -p "${BUILD_ROOT}/${stem}"
-		cp "${layers}"/*.kll "${BUILD_ROOT}/${stem}/"
-		if (cd "${CONTROLLER_DIR}/Keyboards" && "./${script}" -c "$CONTROLLER_DIR" -o "${BUILD_ROOT}/${stem}") \
-			> "${layers}/build.log" 2>&1; then
-			# Every request relinks: the firmware and the link's outputs would only be
-			# dead weight in the image, and a stale firmware is never there to be shipped.
-			rm -f "${BUILD_ROOT}/${stem}"/kiibohd.* "${BUILD_ROOT}/${stem}/link.map"
-			mkdir -p "${WARM_DIR}/${stem}"
-			mv "${BUILD_ROOT}/${stem}" "${WARM_DIR}/${stem}/${count}"
-			printf '%s' "$MAPS" > "${WARM_DIR}/${stem}/${count}/kiisrv-maps"
-			echo "warm tree ${stem}/${count}: ${MAPS}"
-		else
-			tail -n 20 "${layers}/build.log"
-			echo "warning: ${script} with ${count} layer(s) did not build; its requests build cold"
-		fi
+	function_map="${default_map%% *}"
+	rm -rf "${layers:?}"/* "${BUILD_ROOT:?}/${stem}"
+	count=0
+	for word in $default_map ${partial_maps//;/ }; do
+		case "$word" in layer-*) count=$((count + 1)) ;; esac
 	done
-done
+	for ((n = 0; n < count; n++)); do
+		stock_layer "$script" "$n" "$function_map" > "${layers}/layer-${n}.kll"
+	done
+	if [ -n "$variant" ]; then export Layout="$variant"; else unset Layout; fi
+	export DefaultMapOverride="$default_map" PartialMapsExpandedOverride="$partial_maps" \
+		SPLIT_KEYBOARD="$split"
+	canonical_maps "$layers"
+	mkdir -p "${BUILD_ROOT}/${stem}"
+	key="$(configure_key "$script" "${BUILD_ROOT}/${stem}")"
+	if [ -z "$key" ]; then
+		echo "warning: ${script} (${variant:-default}, ${MAPS}) did not reach its configure; left cold"
+		continue
+	fi
+	if [ -d "${WARM_DIR}/${stem}/${key}" ]; then
+		echo "warm tree ${stem}/${key}: ${variant:-default} ${MAPS} (same configure as before)"
+		continue
+	fi
+	cp "${layers}"/*.kll "${BUILD_ROOT}/${stem}/"
+	if (cd "${CONTROLLER_DIR}/Keyboards" && "./${script}" -c "$CONTROLLER_DIR" -o "${BUILD_ROOT}/${stem}") \
+		< /dev/null > "${layers}/build.log" 2>&1; then
+		# Every request relinks: the firmware and the link's outputs would only be
+		# dead weight in the image, and a stale firmware is never there to be shipped.
+		rm -f "${BUILD_ROOT}/${stem}"/kiibohd.* "${BUILD_ROOT}/${stem}/link.map"
+		built="$(python3 "$WARMTREE" key "${BUILD_ROOT}/${stem}/.kiisrv-configure")"
+		if [ "$built" != "$key" ]; then
+			echo "error: ${script} configured with key ${built}, its probe said ${key}:" >&2
+			python3 "$WARMTREE" diff "${layers}/probe" "${BUILD_ROOT}/${stem}/.kiisrv-configure" >&2
+			exit 1
+		fi
+		mkdir -p "${WARM_DIR}/${stem}"
+		mv "${BUILD_ROOT}/${stem}" "${WARM_DIR}/${stem}/${key}"
+		echo "warm tree ${stem}/${key}: ${variant:-default} ${MAPS}"
+	else
+		tail -n 20 "${layers}/build.log"
+		echo "warning: ${script} (${variant:-default}, ${MAPS}) did not build; its requests build cold"
+	fi
+done < "$list"
+unset Layout
+python3 "$WARMTREE" dedupe "$WARM_DIR"
 rm -rf "$layers" "${BUILD_ROOT:?}" /tmp/*hid-io-layouts*
 if command -v ccache >/dev/null; then ccache --show-stats | head -n 5; fi
 rm -rf "$CCACHE_DIR"

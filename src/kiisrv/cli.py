@@ -169,6 +169,17 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if s["failed"] or s.get("differing") else 0
 
 
+def _warm_list(args: argparse.Namespace, settings: Settings) -> int:
+    from kiisrv import warmlist
+
+    text = warmlist.render(warmlist.configurations(args.layouts_dir or settings.layouts_dir))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiisrv", description="Input Club firmware build server")
     p.add_argument("--version", action="version", version=f"kiisrv {__version__}")
@@ -231,6 +242,15 @@ def parser() -> argparse.ArgumentParser:
         "byte; exit 1 when one differs",
     )
     can.set_defaults(func=_canary)
+
+    wl = sub.add_parser(
+        "warm-list", help="the warm trees the controller images need (docker/controller/warm.list)"
+    )
+    wl.add_argument(
+        "--layouts-dir", type=Path, default=None, help="layouts (default: KIISRV_LAYOUTS_DIR)"
+    )
+    wl.add_argument("-o", "--output", default=None, help="file to write (default: stdout)")
+    wl.set_defaults(func=_warm_list)
 
     lay = sub.add_parser("layouts", help="manage the layouts folder")
     lay_sub = lay.add_subparsers(dest="layouts_command", required=True)

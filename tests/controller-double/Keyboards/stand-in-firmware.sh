@@ -1,7 +1,7 @@
 #!/bin/bash
 # TEST DOUBLE of compiling and linking: the firmware names what it was built from.
 set -euo pipefail
-me="$1"
+me="$1" product="${2:-}"
 if touch /controller/.kiisrv-write-test 2>/dev/null; then rootfs=writable; else rootfs=read-only; fi
 echo "$me (test double): uid $(id -u), gid $(id -g), root filesystem $rootfs"
 if [ -n "${CCACHE_DISABLE:-}" ]; then
@@ -13,6 +13,7 @@ fi
 {
 	echo "KIISRV TEST DOUBLE FIRMWARE - not a real image"
 	sha256sum < generatedKeymap.h
+	echo "usb product id: ${product}"
 	echo "build date: $(date "+%Y-%m-%d %T %z")"
 } > kiibohd.dfu.bin
 pad_kb="$(grep -ho 'KIISRV_TEST_OUTPUT_KB=[0-9]*' generatedKeymap.h | head -n1 | cut -d= -f2 || true)"

@@ -2,6 +2,8 @@
 # TEST DOUBLE of the KLL compiler step: the generated headers are the layers' text, so
 # a firmware built from stale headers shows it. Also fails, sleeps or pads on demand.
 set -euo pipefail
+scan=""
+if [ "${1:-}" = --base ]; then scan="$2"; shift 2; fi
 fail() { echo "kll (test double): $*" >&2; exit 1; }
 if [ -z "${KIISRV_WARMING:-}" ]; then  # image builds have a network; requests must not
 	for f in /sys/class/net/*; do
@@ -24,7 +26,7 @@ if [ -n "$bad" ]; then  # what the real KLL compiler prints for an unknown key n
 	exit 1
 fi
 echo "kll (test double): maps ${*%.kll}"
-cat "$@" > generatedKeymap.h
+{ echo "/* scancode map: ${scan} */"; cat "$@"; } > generatedKeymap.h
 echo "/* test double: $# layers */" > kll_defs.h
 printf '{"test_double": true, "layers": %d}\n' "$#" > kll.json
 touch .kiisrv-kll-ok  # as the real image's bin/kll does

@@ -1,0 +1,125 @@
+"""Which warm trees a controller image gets: the configurations the layouts folder uses.
+
+A warm tree only serves requests whose configure is the same (warmtree.py), so one
+tree per keyboard script is not enough: WhiteFox has six scancode maps and the Infinity
+60% boards three, and a one-layer Blank layout leaves the script's stock layers in
+(``PartialMapsExpandedOverride`` empty) where an edited one does not. The list is
+made by the server's own rules (kll.build_params) from every stock layout, on both
+channels, plus generic trees (1-3 layers, the script's default layout) for layouts a
+user starts from scratch; it is committed as ``docker/controller/warm.list`` and
+read by warm.sh at image build time (``kiisrv warm-list`` writes it; a test checks the
+committed file against the conformance layouts).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiisrv import kll
+from kiisrv.errors import KiisrvError
+from kiisrv.layout import parse_layout
+from kiisrv.layouts import LayoutStore
+
+# The scripts the images warm for any layout; icpad.bash is not in every release.
+GENERIC_SCRIPTS = (
+    "infinity.bash",
+    "infinity_led.bash",
+    "ergodox.bash",
+    "whitefox.bash",
+    "k-type.bash",
+    "kira.bash",
+    "geminiduskdawn.bash",
+)
+GENERIC_LAYERS = (1, 2, 3)
+SPLIT_SCRIPTS = frozenset({"ergodox.bash"})
+
+
+@dataclass(frozen=True, order=True)
+class WarmConfig:
+    """One warm tree: a keyboard script run with these canonical maps and Layout."""
+
+    script: str  # as run: ergodox-l.bash, not ergodox.bash
+    layout: str  # "" leaves the script's default
+    default_map: str
+    partial_maps: str
+
+    def line(self) -> str:
+        """Tab-separated; ``-`` for an empty field (the shell's read collapses tabs)."""
+        fields = (self.script, self.layout, self.default_map, self.partial_maps)
+        return "\t".join(f or "-" for f in fields)
+
+
+def canonical(params: kll.BuildParams, stems: list[str]) -> tuple[str, str]:
+    """The maps as build.sh names them inside the container (env.sh canonical_maps).
+
+    The request's own maps become ``layer-0``, ``layer-1``, ... in the order the two
+    overrides name them; the function maps keep their names.
+    """
+    names: dict[str, str] = {}
+
+    def rename(word: str) -> str:
+        if word not in stems:
+            return word
+        return names.setdefault(word, f"layer-{len(names)}")
+
+    default = " ".join(rename(w) for w in params.default_map.split())
+    partial = ";".join(
+        " ".join(rename(w) for w in layer.split()) for layer in params.partial_maps.split(";")
+    )
+    if not partial.strip(";") and params.partial_maps:
+        partial = kll.NO_PARTIAL_MAPS
+    return default, partial
+
+
+def _scripts(params: kll.BuildParams) -> list[str]:
+    if not params.split:
+        return [params.script]
+    stem = params.script.removesuffix(".bash")
+    return [f"{stem}-l.bash", f"{stem}-r.bash"]
+
+
+def _generic() -> Iterable[WarmConfig]:
+    for script in GENERIC_SCRIPTS:
+        fmap = "infinity_ergodox/lcdFuncMap" if script in SPLIT_SCRIPTS else "stdFuncMap"
+        params_split = script in SPLIT_SCRIPTS
+        for count in GENERIC_LAYERS:
+            partial = ";".join(f"layer-{n}" for n in range(1, count))
+            params = kll.BuildParams(script, params_split, f"{fmap} layer-0", partial, "")
+            for run in _scripts(params):
+                yield WarmConfig(run, "", params.default_map, partial)
+
+
+def configurations(layouts_dir: Path) -> list[WarmConfig]:
+    """Every configuration a stock layout builds with, plus the generic ones, sorted."""
+    from kiisrv.canary import layout_files  # the layouts a user can pick
+
+    store = LayoutStore(layouts_dir)
+    found: set[WarmConfig] = set(_generic())
+    for path in layout_files(layouts_dir):
+        layout = parse_layout(json.loads(path.read_bytes()), path.name)
+        for lts in (False, True):
+            try:
+                base = store.load_base(kll.base_file_names(layout, lts))
+                files = kll.generate(layout, base, lts)
+                files = [kll.KllFile(kll.sanitise(f.name), f.content) for f in files]
+                params = kll.build_params(layout, files)
+            except KiisrvError:
+                continue  # not buildable: nothing to warm
+            default, partial = canonical(params, [f.stem for f in files])
+            for run in _scripts(params):
+                found.add(WarmConfig(run, params.layout, default, partial))
+    return sorted(found)
+
+
+def render(configs: Iterable[WarmConfig]) -> str:
+    lines = [
+        "# Warm trees of the controller images (docker/controller/warm.sh), one a line:",
+        "# script <TAB> Layout <TAB> DefaultMapOverride <TAB> PartialMapsExpandedOverride",
+        "# (- for empty: the script's default Layout; the script's own stock partial maps)",
+        "# Made by `kiisrv warm-list <layouts folder>` (src/kiisrv/warmlist.py): do not edit.",
+    ]
+    lines += [c.line() for c in configs]
+    return "\n".join(lines) + "\n"
