@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from kiisrv.catalog import Available
-from kiisrv.errors import Unsupported
+from kiisrv.errors import InvalidLayout, Unsupported
 from kiisrv.layouts import LayoutStore
 from kiisrv.planner import Planner
 from kiisrv.versions import Version
-from tests.helpers import FIXTURE_LAYOUTS, ktype, request
+from tests.helpers import CLIENT_FILENAME_RE, FIXTURE_LAYOUTS, ktype, request
 
 LATEST = Available(Version("latest", "stable", "controller-057", "v0.5.7"), "img", "sha256:1", None)
 LTS = Available(Version("lts", "lts", "controller-050", "v0.5.0"), "img", "sha256:2", None)
@@ -55,3 +56,43 @@ def test_keys_the_firmware_cannot_compile_are_refused_before_a_build(
         planner().plan(request(doc), target)
     assert exc.value.message.startswith(message), exc.value.message
     assert exc.value.status == 400
+
+
+def test_any_printable_layout_and_variant_build_under_safe_names() -> None:
+    """ÇaVa typed into an imported layout: accepted, made ASCII where it names things."""
+    doc = ktype(layout='ÇaVa/../"x"', Variant="Très bien")
+    plan = planner().plan(request(doc), LATEST)
+    assert [f.name for f in plan.files] == ["KType-CaVa_..__x_-0.kll", "KType-CaVa_..__x_-1.kll"]
+    assert plan.files[0].content.startswith(
+        'Name = "KType";\nVariant = "Tres_bien";\nLayout = "CaVa/../\'x\'";\n'
+    )
+    assert plan.params.layout == "Tres_bien"
+    assert plan.params.default_map == "stdFuncMap KType-CaVa_..__x_-0"
+    m = re.match(CLIENT_FILENAME_RE, f"./tmp/{plan.job.stem}.zip")
+    assert m is not None and (m[1], m[2]) == ("KType", "CaVa_..__x_")
+    assert plan.layout_json.decode().count("ÇaVa") == 1  # the layout is kept as sent
+
+
+@pytest.mark.parametrize("bad", ["two\nlines", "tab\there", "nul\x00", ""])
+def test_layout_names_must_still_be_printable(bad: str) -> None:
+    with pytest.raises(InvalidLayout, match=r"config\.header\.Layout"):
+        planner().plan(request(ktype(layout=bad)), LATEST)
+
+
+@pytest.mark.parametrize(
+    ("layout", "json_name"),
+    [
+        ("colemak-dh", "KType-colemak_dh.json"),
+        ("My Layout", "KType-My_Layout.json"),
+        ("Mine", "KType-Mine.json"),
+        ("Ça-Va", "KType-Ca_Va.json"),
+    ],
+)
+def test_the_layout_json_in_the_zip_has_the_name_the_client_derives(
+    layout: str, json_name: str
+) -> None:
+    """The Configurator reopens `<board>-<layout>.json`, both read from the zip's name."""
+    plan = planner().plan(request(ktype(layout=layout)), LATEST)
+    m = re.match(CLIENT_FILENAME_RE, f"./tmp/{plan.job.stem}.zip")
+    assert m is not None
+    assert plan.layout_name == f"{m[1]}-{m[2]}.json" == json_name

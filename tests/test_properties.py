@@ -79,7 +79,7 @@ def test_accepted_layouts_give_one_statement_per_line(doc: dict[str, Any], lts: 
         return
     files = kll.generate(layout, BASE, lts)
     assert [f.name for f in files] == [
-        f"KType-{layout.header.Layout}-{n}.kll" for n in range(len(files))
+        f"KType-{kll.file_text(layout.header.Layout)}-{n}.kll" for n in range(len(files))
     ]
     for f in files:
         assert "\x00" not in f.content and "\r" not in f.content

@@ -10,6 +10,7 @@ controller sources of each version were written against them.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from kiisrv import firmware
@@ -34,6 +35,7 @@ BUILD_SCRIPTS: dict[str, str] = {
     "geminiduskdawn": "geminiduskdawn.bash",
 }
 SPLIT_KEYBOARDS = frozenset({"mdergo1"})
+_NOT_FILE_CHAR = re.compile(r"[^A-Za-z0-9_.\- ]")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,32 @@ class BuildParams:
 
 def sanitise(value: str | None) -> str:
     return (value or "").replace(" ", "_")
+
+
+def ascii_text(value: str | None) -> str:
+    """``value`` in printable ASCII: accents dropped (``Ç`` -> ``C``), anything else ``_``.
+
+    A layout's ``Layout`` and ``Variant`` may be any printable text (a user typed
+    ``ÇaVa`` into an imported layout); they reach file names, the keyboard script's
+    ``Layout`` and KLL strings, which the controller's tools read as ASCII.
+    """
+    text = unicodedata.normalize("NFKD", value or "")
+    return "".join(c if " " <= c <= "~" else "_" for c in text if not unicodedata.combining(c))
+
+
+def file_text(value: str | None) -> str:
+    """``value`` as part of a file name: the characters the reference allowed, spaces kept."""
+    return _NOT_FILE_CHAR.sub("_", ascii_text(value))
+
+
+def file_part(value: str | None) -> str:
+    """``value`` as part of a file name or a build parameter: no spaces either."""
+    return sanitise(file_text(value))
+
+
+def _kll_text(value: str) -> str:
+    """``value`` inside a KLL string: ASCII, no ``"``."""
+    return ascii_text(value).replace('"', "'")
 
 
 def board_name(layout: Layout) -> str:
@@ -168,8 +196,8 @@ def _header_block(layout: Layout) -> str:
     h = layout.header
     items = [
         ("Name", h.Name),
-        ("Variant", sanitise(h.Variant)),
-        ("Layout", h.Layout),
+        ("Variant", file_part(h.Variant)),
+        ("Layout", _kll_text(h.Layout)),
         ("Base", h.Base),
         ("Version", h.Version),
         ("Author", h.Author),
@@ -214,7 +242,7 @@ def generate(layout: Layout, base: Layout, lts: bool) -> list[KllFile]:
             text = f"{header}\n\n{defines}\n\n{lines}\n\n{extra}\n\n{animations}\n\n"
         else:
             text = f"{header}\n\n{lines}\n\n{extra}\n\n"
-        files.append(KllFile(f"{name}-{layout.header.Layout}-{n}.kll", text))
+        files.append(KllFile(f"{name}-{file_text(layout.header.Layout)}-{n}.kll", text))
     return files
 
 
@@ -285,5 +313,5 @@ def build_params(layout: Layout, files: list[KllFile]) -> BuildParams:
         split=name in SPLIT_KEYBOARDS,
         default_map=" ".join([extra_map, *stems[:1]]),
         partial_maps=partial,
-        layout=sanitise(layout.header.Variant),
+        layout=file_part(layout.header.Variant),
     )

@@ -29,10 +29,18 @@ MAX_ANIMATIONS = 256
 MAX_FRAMES = 4096
 MAX_RAW_KLL = 512 * 1024
 
-# A name that becomes part of a file name: letters, digits, `_ . -` and spaces
-# (spaces turn into `_`). No `/`, so it cannot leave its folder.
+# A name that becomes part of a file name as it is (Name picks the keyboard, Base the
+# base file): letters, digits, `_ . -` and spaces (spaces turn into `_`). No `/`, so it
+# cannot leave its folder. Layout and Variant are any printable text, made safe by kll.py
+# where they become file names.
 _NAME_RE = r"^[A-Za-z0-9_.\- ]+$"
 _IDENT_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be printable text on one line")
+    return value
 
 
 def _one_line(value: str) -> str:
@@ -55,6 +63,10 @@ def _no_nul(value: str) -> str:
 
 
 FileName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NAME_RE)]
+# Any printable text: sanitised where it becomes a file name or a KLL string (kll.py).
+Printable = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_printable)
+]
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_IDENT_RE)]
 HeaderText = Annotated[str, StringConstraints(max_length=256), AfterValidator(_no_quote)]
 LineText = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_one_line)]
@@ -68,8 +80,8 @@ class _Model(BaseModel):
 
 class Header(_Model):
     Name: FileName
-    Variant: FileName | None = None
-    Layout: FileName
+    Variant: Printable | None = None
+    Layout: Printable
     Base: FileName
     Version: HeaderText
     Author: HeaderText

@@ -63,15 +63,21 @@ def request_hash(target: Available, config: Any, params: kll.BuildParams | None 
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def zip_stem(name: str, layout: str, hash_: str) -> str:
-    """``<Name>-<Layout>-<hash>`` as the released Configurators parse it back.
+def client_names(name: str, layout: str) -> tuple[str, str]:
+    """The board and layout the released Configurators read back from a zip's name.
 
     Their regex (API.md) splits at the *last* two dashes before the hash, so the board
     may hold a dash (``K-Type``) but the layout part must not: ``My-Ergo`` on MDErgo1
     read as board ``MDErgo1-My`` and the client looked for the wrong firmware file.
-    Only the zip's name changes; the KLL file names stay as the reference wrote them.
+    Only ``A-Za-z0-9_.-`` match, so any other character of a Layout becomes ``_``.
     """
-    return f"{kll.sanitise(name)}-{kll.sanitise(layout).replace('-', '_')}-{hash_}"
+    return kll.file_part(name), kll.file_part(layout).replace("-", "_")
+
+
+def zip_stem(name: str, layout: str, hash_: str) -> str:
+    """``<Name>-<Layout>-<hash>``; the KLL file names stay as the reference wrote them."""
+    board, variant = client_names(name, layout)
+    return f"{board}-{variant}-{hash_}"
 
 
 class Planner:
@@ -96,7 +102,7 @@ class Planner:
         # File names feed DefaultMapOverride, a space-separated list: no spaces there.
         files = [kll.KllFile(kll.sanitise(f.name), f.content) for f in generated]
         board = kll.board_name(layout)
-        variant = kll.sanitise(layout.header.Layout)
+        variant = kll.file_part(layout.header.Layout)
         params = kll.build_params(layout, files)
         hash_ = request_hash(target, body["config"], params)
         job = Job(
@@ -110,7 +116,11 @@ class Planner:
             target=target,
             files=files,
             params=params,
-            layout_name=f"{board}-{variant}.json",
+            # The name the client looks for when the keyboard is reopened: the one it
+            # derives from the zip's name (colemak-dh: MD1.1-colemak_dh.json).
+            layout_name="{}-{}.json".format(
+                *client_names(layout.header.Name, layout.header.Layout)
+            ),
             layout_json=json.dumps(body["config"], ensure_ascii=False).encode(),
             board=board,
             variant=variant,
