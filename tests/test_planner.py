@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +14,14 @@ from kiisrv.errors import InvalidLayout, Unsupported
 from kiisrv.layouts import LayoutStore
 from kiisrv.planner import Planner
 from kiisrv.versions import Version
-from tests.helpers import CLIENT_FILENAME_RE, FIXTURE_LAYOUTS, ktype, request
+from tests.helpers import (
+    CLIENT_FILENAME_RE,
+    CONFORMANCE,
+    FIXTURE_LAYOUTS,
+    NO_CONFORMANCE,
+    ktype,
+    request,
+)
 
 LATEST = Available(Version("latest", "stable", "controller-057", "v0.5.7"), "img", "sha256:1", None)
 LTS = Available(Version("lts", "lts", "controller-050", "v0.5.0"), "img", "sha256:2", None)
@@ -96,3 +105,42 @@ def test_the_layout_json_in_the_zip_has_the_name_the_client_derives(
     m = re.match(CLIENT_FILENAME_RE, f"./tmp/{plan.job.stem}.zip")
     assert m is not None
     assert plan.layout_name == f"{m[1]}-{m[2]}.json" == json_name
+
+
+def test_an_alias_keyboard_name_finds_the_base_of_its_target(tmp_path: Path) -> None:
+    """Name K-Type (an alias the client knows) had no base 'K-Type-TestBase.json'."""
+    layouts = tmp_path / "layouts"
+    layouts.mkdir()
+    (layouts / "KType-TestBase.json").write_bytes(
+        (FIXTURE_LAYOUTS / "KType-TestBase.json").read_bytes()
+    )
+    (layouts / "ALIASES.txt").write_text("K-Type-Standard.json -> KType-Standard.json\n")
+    store = LayoutStore(layouts)
+    assert store.board_aliases() == {"K-Type": "KType"}
+    plan = Planner(store).plan(request(ktype(name="K-Type")), LATEST)
+    assert plan.params.script == "k-type.bash"
+    assert plan.files[0].name == "K-Type-Mine-0.kll"
+    assert 'U"A" : U"Q";' in plan.files[0].content
+    # Upstream, aliases are symlinks.
+    (layouts / "ALIASES.txt").unlink()
+    (layouts / "GeminiDawn-Standard.json").symlink_to("GeminiDuskDawn-Standard.json")
+    (layouts / "WhiteFox-Aria.json").symlink_to("WhiteFox-AriaBlank.json")
+    assert LayoutStore(layouts).board_aliases() == {"GeminiDawn": "GeminiDuskDawn"}
+    with pytest.raises(InvalidLayout, match=r"no base layout 'K-Type-TestBase\.json'"):
+        Planner(LayoutStore(layouts)).plan(request(ktype(name="K-Type")), LATEST)
+
+
+def test_the_reference_aliases_give_the_keyboards_the_client_knows() -> None:
+    layouts = CONFORMANCE / "layouts"
+    if not layouts.is_dir():
+        pytest.skip(NO_CONFORMANCE)
+    assert LayoutStore(layouts).board_aliases() == {
+        "K-Type": "KType",
+        "GeminiDawn": "GeminiDuskDawn",
+        "GeminiDusk": "GeminiDuskDawn",
+    }
+    layout = json.loads((layouts / "KType-Standard.json").read_bytes())
+    layout["header"]["Name"] = "K-Type"
+    assert layout["header"]["Base"] == "Base"
+    plan = Planner(LayoutStore(layouts)).plan(request(layout), LATEST)
+    assert plan.params.default_map == "stdFuncMap K-Type-Standard-0"

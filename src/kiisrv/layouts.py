@@ -9,6 +9,7 @@ as in the upstream repository.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,6 +44,27 @@ class LayoutStore:
                 aliases[alias.strip()] = target.strip()
         return aliases
 
+    def _alias_pairs(self) -> list[tuple[str, str]]:
+        """Every alias, from ALIASES.txt and from symlinks in the folder."""
+        pairs = list(self._aliases().items())
+        for path in self.root.glob("*.json"):
+            if path.is_symlink():
+                pairs.append((path.name, Path(os.readlink(path)).name))
+        return pairs
+
+    def board_aliases(self) -> dict[str, str]:
+        """Keyboard names the aliases rename: ``K-Type-Standard -> KType-Standard`` gives
+        ``K-Type -> KType``, so a layout named K-Type finds KType's base layouts too."""
+        boards: dict[str, str] = {}
+        for alias, target in self._alias_pairs():
+            for i, c in enumerate(alias):
+                rest = alias[i:]
+                if c == "-" and target.endswith(rest) and len(target) > len(rest):
+                    if alias[:i] != target[: -len(rest)]:
+                        boards.setdefault(alias[:i], target[: -len(rest)])
+                    break
+        return boards
+
     def resolve(self, name: str) -> Path:
         """The file behind ``name``, guaranteed inside the folder, or NotFound."""
         if not _FILE_RE.match(name) or name.startswith("."):
@@ -75,9 +97,20 @@ class LayoutStore:
         return content
 
     def load_base(self, names: str | Sequence[str]) -> Layout:
-        """The first of ``names`` that exists, parsed (and cached while unchanged)."""
+        """The first of ``names`` that exists, parsed (and cached while unchanged).
+
+        A keyboard name the client knows as an alias (``K-Type``) falls back to the
+        target's base (``KType-Base.json``): the reference had none for it.
+        """
         candidates = [names] if isinstance(names, str) else list(names)
-        for name in candidates:
+        boards = self.board_aliases()
+        renamed = [
+            f"{target}{name[len(alias) :]}"
+            for name in candidates
+            for alias, target in boards.items()
+            if name.startswith(f"{alias}-")
+        ]
+        for name in [*candidates, *renamed]:
             try:
                 path = self.resolve(name)
             except NotFound:
