@@ -82,3 +82,18 @@ def test_an_unknown_failure_says_nothing_rather_than_guess() -> None:
     assert diagnose.explain((LOGS / "key.log").read_text(), [], {}) == (
         "'NOTAKEY' is not a USB HID key name"
     )
+
+
+@pytest.mark.parametrize("name", ["splitchord.log", "splitchord-lts.log"])
+def test_a_chord_across_the_halves_of_a_split_keyboard_names_the_custom_line(name: str) -> None:
+    """Real v0.5.7 and v0.5.0 builds of MDErgo1-Default with `U"LCTRL" + U"P" : U"X";` as
+    layer 1's custom KLL: the KLL compiler crashes with an IndexError naming no line."""
+    log = (LOGS / name).read_text()
+    custom = {1: '# U"A" + U"B" : U"C";\nU"Q" : U"W";\nU"LCTRL" + U"P" : U"X";'}
+    assert diagnose.explain(log, [], custom) == (
+        'Layer 1, custom KLL line 3: the KLL compiler crashes on the combination `U"LCTRL" + '
+        'U"P" : U"X"` (IndexError); on a split keyboard every key of a combination must be '
+        "on the same half, since each half has its own firmware"
+    )
+    assert diagnose.explain(log, [], {1: 'U"Q" : U"W";'}) is None
+    assert diagnose.explain("IndexError: list index out of range\n", [], custom) is None

@@ -25,6 +25,12 @@ _BAD_KEY = re.compile(r"ERROR: '(?P<name>[^']*)' \(Layout\(name=\w+\)\) is an in
 _NO_CAPABILITY = re.compile(r"^KeyError: '(?P<name>[A-Za-z_]\w*)'", re.MULTILINE)
 _LEXER = re.compile(r'LexerError cannot tokenize data: \d+,\d+: "(?P<text>.*)"')
 _UNDECLARED_ANIMATION = re.compile(r"'Animation__(?P<name>\w+)' undeclared")
+# The KLL compiler's own crash when a combination's keys are not all in the scan map it
+# builds (MDErgo1: each half is compiled alone, so a chord across halves indexes past
+# the half's trigger list).
+_TRIGGER_CRASH = re.compile(r"in generate_trigger_lists\b[^\n]*\n(?:[^\n]*\n){0,3}?IndexError")
+# A KLL statement whose trigger (left of `:`) is a combination: `U"A" + U"B" : ...`.
+_COMBINATION = re.compile(r"^[^:]*\+[^:]*:")
 _MAPPING = re.compile(r'^#?(?:U|CONS|SYS)"(?P<key>[^"]*)"\s*:\s*(?P<value>.*);\s*$')
 _FRAME = re.compile(r"^A\[(?P<name>[^\],]+)(?:,\s*(?P<frame>\d+))?\]\s*<=")
 
@@ -71,6 +77,16 @@ def _find(files: Sequence[KllFile], custom: Mapping[int, str], needle: str) -> _
     return None
 
 
+def _first_combination(custom: Mapping[int, str]) -> _Place | None:
+    """The first custom KLL line whose trigger combines keys (the server writes none)."""
+    for layer in sorted(custom):
+        for n, line in enumerate(custom[layer].splitlines(), start=1):
+            text = line.strip()
+            if not text.startswith("#") and _COMBINATION.match(text):
+                return _Place(layer, text, n)
+    return None
+
+
 def _value(place: _Place) -> str:
     """What the user wrote there: a mapping's right side, or the whole line."""
     mapping = _MAPPING.match(place.line) if place.custom_line is None else None
@@ -103,6 +119,14 @@ def explain(log: str, files: Sequence[KllFile], custom: Mapping[int, str]) -> st
         return f"{at.describe()}: `{_value(at)}` is not valid KLL (it cannot be read)"
     if stage and stage["stage"] == "parse" and at:
         return f"{at.describe()}: syntax error in `{_value(at)}`"
+    if _TRIGGER_CRASH.search(log):
+        combination = _first_combination(custom)
+        if combination:
+            return (
+                f"{combination.describe()}: the KLL compiler crashes on the combination "
+                f"`{_value(combination)}` (IndexError); on a split keyboard every key of a "
+                "combination must be on the same half, since each half has its own firmware"
+            )
     animation = _UNDECLARED_ANIMATION.search(log)
     if animation:
         where = _find(files, custom, f"A[{animation['name']}]")
