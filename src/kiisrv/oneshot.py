@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from kiisrv.core import Kiisrv
 from kiisrv.errors import KiisrvError
@@ -87,7 +88,7 @@ def run(settings: Settings, layout: Path, env: str, out_dir: Path, console: Cons
         try:
             job, made = asyncio.run(_build(own, body, console))
         except KiisrvError as exc:
-            console.print(f"[bold red]refused[/] ({exc.status}): {exc.message}")
+            console.print(f"[bold red]refused[/] ({exc.status}): {escape(exc.message)}")
             return 2
         out_dir.mkdir(parents=True, exist_ok=True)
         kept = None
@@ -97,7 +98,7 @@ def run(settings: Settings, layout: Path, env: str, out_dir: Path, console: Cons
     if job.state is JobState.SUCCEEDED:
         console.print(f"[bold green]built[/] {kept}")
         return 0
-    console.print(f"[bold red]failed[/]: {job.error}")
+    console.print(f"[bold red]failed[/]: {escape(job.error or '')}")
     if kept:
         console.print(f"log and inputs: {kept}")
     return 1

@@ -180,9 +180,8 @@ def check_keys(layout: Layout, base: Layout, version: Version) -> None:
                 if name in animations and name not in in_custom:
                     raise Unsupported(
                         f"{use.where}: `{use.text}` uses animation '{name}', but lts builds "
-                        "leave out a layout's animations (v0.5.0 cannot compile the "
-                        "Configurator's animations), so the firmware would not have it. "
-                        "Build it with latest (v0.5.7), or take the key out."
+                        "leave out a layout's animations, so the firmware would not have "
+                        "it. Build it with latest (v0.5.7), or take the key out."
                     )
         if declared is None:
             continue  # a version the table does not know: the compiler will tell
