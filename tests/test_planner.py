@@ -144,3 +144,25 @@ def test_the_reference_aliases_give_the_keyboards_the_client_knows() -> None:
     assert layout["header"]["Base"] == "Base"
     plan = Planner(LayoutStore(layouts)).plan(request(layout), LATEST)
     assert plan.params.default_map == "stdFuncMap K-Type-Standard-0"
+
+
+def test_the_hash_covers_the_recipe_version_and_the_base_layouts_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zip made under older rules, or over another base file, is another build."""
+    import shutil
+
+    from kiisrv import planner as planner_module
+
+    shutil.copytree(FIXTURE_LAYOUTS, tmp_path / "layouts")
+    plans = Planner(LayoutStore(tmp_path / "layouts"))
+    first = plans.plan(request(ktype()), LATEST).job.hash
+    assert plans.plan(request(ktype()), LATEST).job.hash == first
+    monkeypatch.setattr(planner_module, "RECIPE_VERSION", planner_module.RECIPE_VERSION + 1)
+    assert plans.plan(request(ktype()), LATEST).job.hash != first
+    monkeypatch.undo()
+    base = tmp_path / "layouts" / "KType-TestBase.json"
+    doc = json.loads(base.read_text())
+    doc["matrix"][0]["layers"]["0"]["key"] = "TAB"
+    base.write_text(json.dumps(doc))
+    assert plans.plan(request(ktype()), LATEST).job.hash != first

@@ -29,8 +29,9 @@ import anyio.to_thread
 from kiisrv import privacy
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
-from kiisrv.errors import NotFound, StorageError, Unavailable, UnknownVersion
+from kiisrv.errors import KiisrvError, NotFound, StorageError, Unavailable, UnknownVersion
 from kiisrv.jobs import Job, JobState
+from kiisrv.layout import Layout
 from kiisrv.layouts import LayoutStore
 from kiisrv.planner import Plan, Planner
 from kiisrv.queue import BuildQueue, LocalQueue
@@ -79,6 +80,8 @@ class _Seen:
     board: str
     variant: str
     layers: int
+    base: Layout | None = None
+    base_names: tuple[str, ...] = ()
 
 
 class Kiisrv:
@@ -139,7 +142,7 @@ class Kiisrv:
         env = self._envs.get(digest)
         if env is not None:
             target = await self.catalog.resolve(env)
-            seen = self._seen.get((target.image_id, digest))
+            seen = self._memo((target.image_id, digest))
             hit = self._cached(seen, target) if seen is not None else None
             if hit is not None:
                 return hit
@@ -162,11 +165,19 @@ class Kiisrv:
         if raw is not None and digest is None:
             digest = hashlib.sha256(raw).digest()
         key = (target.image_id, digest) if digest is not None else None
-        seen = self._seen.get(key) if key else None
+        seen = self._memo(key) if key else None
         plan: Plan | None = None
         if seen is None:
             plan = self.planner.plan(body, target)
-            seen = _Seen(plan.job.hash, plan.job.stem, plan.board, plan.variant, plan.layers)
+            seen = _Seen(
+                plan.job.hash,
+                plan.job.stem,
+                plan.board,
+                plan.variant,
+                plan.layers,
+                plan.base,
+                plan.base_names,
+            )
             if key:
                 self._remember(key, seen, body.get("env", "latest"))
         hit = self._cached(seen, target)
@@ -180,6 +191,24 @@ class Kiisrv:
         self._answer(job.hash)
         duration = int((time.monotonic() - started) * 1000)
         return self._outcome(job, seen, target, cached=False, duration=duration)
+
+    def _memo(self, key: tuple[str, bytes]) -> _Seen | None:
+        """A body planned before, while its base layout is the one it was planned with.
+
+        The layout store parses a base file once per (mtime, size): the same object
+        means the same content; another (``kiisrv layouts fetch``) means another hash.
+        """
+        seen = self._seen.get(key)
+        if seen is None or seen.base is None:
+            return seen
+        try:
+            current = self.layouts.load_base(seen.base_names)
+        except KiisrvError:
+            current = None
+        if current is not seen.base:
+            del self._seen[key]
+            return None
+        return seen
 
     def _cached(self, seen: _Seen, target: Available) -> Outcome | None:
         """The answer for a build finished before (and not being rebuilt), if any."""

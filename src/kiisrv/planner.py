@@ -16,8 +16,20 @@ from kiisrv import kll, support
 from kiisrv.catalog import Available
 from kiisrv.errors import InvalidLayout
 from kiisrv.jobs import Job
-from kiisrv.layout import BuildRequest, parse_request
+from kiisrv.layout import BuildRequest, Layout, parse_request
 from kiisrv.layouts import LayoutStore
+
+# The version of what turns a request into firmware on this side: the KLL generation,
+# the build parameters and the rules that pick them. Part of every build's hash, so a
+# zip made under older rules is rebuilt, not served. Bump it with any such change.
+#   2: warm trees keyed by their configure (a request no longer gets another
+#      variant's scancode map); base layout content and NEXT/PREV layer rules.
+RECIPE_VERSION = 2
+
+
+def base_digest(base: Layout) -> str:
+    """The base layout's content as parsed: a changed base file changes the KLL."""
+    return hashlib.sha256(base.model_dump_json().encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -32,19 +44,27 @@ class Plan:
     layout_json: bytes
     board: str
     variant: str
+    base: Layout | None = None  # as loaded: a cache of this plan is good while it is
+    base_names: tuple[str, ...] = ()
 
     @property
     def layers(self) -> int:
         return len(self.files)
 
 
-def request_hash(target: Available, config: Any, params: kll.BuildParams | None = None) -> str:
-    """Identifies (image, LTS rules, layout, build parameters), whatever the key order.
+def request_hash(
+    target: Available,
+    config: Any,
+    params: kll.BuildParams | None = None,
+    base: str = "",
+) -> str:
+    """Identifies everything that decides the firmware, whatever the key order.
 
     Keys are sorted, but the order of ``animations`` changes the KLL, so it is hashed
-    as well. The image id is included so a rebuilt controller image rebuilds firmware,
-    and the container's parameters so that a change of the server's rules (which maps a
-    build names) is not answered with a zip built under the old ones.
+    as well. The image id is included so a rebuilt controller image rebuilds firmware;
+    the container's parameters, the base layout's content (``base``, base_digest) and
+    RECIPE_VERSION so that a change of the server's rules or of a base file (``kiisrv
+    layouts fetch``) is not answered with a zip built under the old ones.
     """
     animations = config.get("animations") if isinstance(config, dict) else None
     material = json.dumps(
@@ -55,6 +75,8 @@ def request_hash(target: Available, config: Any, params: kll.BuildParams | None 
             "animation_order": list(animations) if isinstance(animations, dict) else [],
             "config": config,
             "params": [params.script, params.environment()] if params else None,
+            "base": base,
+            "recipe": RECIPE_VERSION,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -94,7 +116,8 @@ class Planner:
         request = self.validate(body)
         layout = request.config
         support.check(layout, target.version)
-        base = self.layouts.load_base(kll.base_file_names(layout, target.version.lts))
+        base_names = tuple(kll.base_file_names(layout, target.version.lts))
+        base = self.layouts.load_base(base_names)
         generated = kll.generate(layout, base, target.version.lts)
         if not generated:
             raise InvalidLayout("matrix: no key has any layer, so there is nothing to build")
@@ -104,7 +127,7 @@ class Planner:
         board = kll.board_name(layout)
         variant = kll.file_part(layout.header.Layout)
         params = kll.build_params(layout, files)
-        hash_ = request_hash(target, body["config"], params)
+        hash_ = request_hash(target, body["config"], params, base_digest(base))
         job = Job(
             hash=hash_,
             stem=zip_stem(layout.header.Name, layout.header.Layout, hash_),
@@ -124,4 +147,6 @@ class Planner:
             layout_json=json.dumps(body["config"], ensure_ascii=False).encode(),
             board=board,
             variant=variant,
+            base=base,
+            base_names=base_names,
         )

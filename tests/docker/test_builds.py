@@ -6,9 +6,11 @@ import asyncio
 import io
 import json
 import re
+import shutil
 import sqlite3
 import time
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -295,3 +297,44 @@ async def test_a_compiler_error_names_the_layer_and_key(dclient: httpx.AsyncClie
     error = r.json()["error"]
     assert error.startswith("Layer 1, key ESC: 'NOTAKEY' is not a USB HID key name.\n\n")
     assert "end of the log:" in error  # the log tail follows the sentence
+
+
+async def test_a_zip_cached_by_an_older_recipe_or_base_is_rebuilt_not_served(
+    docker_settings: Settings,
+    build_containers: Events,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Zips made before a fix sit in every deployment's cache: the build hash covers the
+    recipe version and the base layout's content, so neither is served stale."""
+    from kiisrv import planner
+
+    layouts = tmp_path / "fetched-layouts"
+    shutil.copytree(docker_settings.layouts_dir, layouts)
+    settings = docker_settings.replace(layouts_dir=layouts)
+    body = request(ktype())
+
+    monkeypatch.setattr(planner, "RECIPE_VERSION", planner.RECIPE_VERSION - 1)
+    async with app_client(settings) as client:  # a server of the older recipe
+        old = (await client.post("/", json=body)).json()
+        assert old["success"] is True, old
+        again = (await client.post("/", json=body)).json()
+        assert again["filename"] == old["filename"]  # its own zip is a cache hit
+    monkeypatch.undo()
+
+    async with app_client(settings) as client:  # restarted with this recipe
+        new = (await client.post("/", json=body)).json()
+        assert new["success"] is True, new
+        assert new["filename"] != old["filename"]
+        assert len(build_containers.created()) == 2  # built again, not served from the cache
+
+        # `kiisrv layouts fetch` changes a base file under a running server.
+        base = layouts / "KType-TestBase.json"
+        doc = json.loads(base.read_text())
+        doc["matrix"][1]["layers"]["0"]["key"] = "W"
+        base.write_text(json.dumps(doc))
+        after = (await client.post("/", json=body)).json()
+        assert after["success"] is True, after
+        assert after["filename"] not in (old["filename"], new["filename"])
+        z = await download(client, after["filename"])
+        assert 'U"W" : U"Q";' in z.read("KType-Mine-0.kll").decode()
