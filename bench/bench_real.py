@@ -3,6 +3,8 @@
     .venv/bin/python bench/bench_real.py --layouts ../shared/conformance/layouts \\
         [--before kiisrv-controller-057:cold] [--after kiisrv-controller-057:latest] \\
         [--out bench/results-real.md]
+    .venv/bin/python bench/bench_real.py --families --layouts ../shared/conformance/layouts \\
+        --before <older image> --after kiisrv-controller-057:latest --out bench/results-families.md
 
 Needs real controller images (docker/controller/Dockerfile; not in CI, which cannot
 reach GitHub). ``--before`` is an image built without warm trees (``--build-arg
@@ -134,7 +136,70 @@ def med(values: list[float]) -> str:
     )
 
 
+# One stock layout per keyboard family (issue #13: the targets stand for every family,
+# variants included): a one-key change of each, request to zip.
+FAMILIES = {
+    "KType": "KType-Standard",
+    "Kira": "Kira-Standard",
+    "GeminiDuskDawn": "GeminiDuskDawn-Standard",
+    "MD1": "MD1-Hacker",
+    "MD1.1": "MD1.1-Standard",
+    "MDErgo1": "MDErgo1-Default",
+    "WhiteFox": "WhiteFox-VanillaBase",
+    "WhiteFox (TrueFox)": "WhiteFox-TheTrueFoxBase",
+}
+
+
+async def families(args: argparse.Namespace) -> None:
+    """Median per family, both images side by side (taking turns), same server code."""
+    lines = [
+        "| family (layout) | before | after | how the after builds ran |",
+        "|---|---|---|---|",
+    ]
+    async with (
+        server(args.before, args.layouts, "0", "before") as before,
+        server(args.after, args.layouts, "0", "after") as after,
+    ):
+        for family, name in FAMILIES.items():
+            doc = json.loads((args.layouts / f"{name}.json").read_bytes())
+            # Warm-up: the first build of a family fills the ccache with its objects.
+            await build(before, variant(doc, 0))
+            await build(after, variant(doc, 0))
+            times: dict[str, list[float]] = {"before": [], "after": []}
+            how: list[str] = []
+            phases: list[str] = []
+            for i in range(1, args.runs + 1):
+                for label, http in (("before", before), ("after", after)):
+                    took, log = await build(http, variant(doc, i))
+                    times[label].append(took)
+                    if label == "after":
+                        how += re.findall(r"@@@@@ Build=(\w+)", log)
+                        phases = re.findall(r"@@@@@ (?:Prepared|Phases).*", log)
+            b, a = times["before"], times["after"]
+            line = (
+                f"| {family} ({name}) | {statistics.median(b):.2f} s "
+                f"({min(b):.2f}-{max(b):.2f}) | **{statistics.median(a):.2f} s** "
+                f"({min(a):.2f}-{max(a):.2f}) | {', '.join(sorted(set(how)))}; "
+                f"{'; '.join(phases)} |"
+            )
+            print(line, flush=True)
+            lines.append(line)
+    if args.out:
+        header = (
+            "# Real firmware builds per keyboard family\n\n"
+            f"Command: `.venv/bin/python bench/bench_real.py --families --layouts {args.layouts} "
+            f"--before {args.before} --after {args.after} --runs {args.runs} --out {args.out}`\n"
+            f"Machine: {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d')}. Medians of "
+            f"{args.runs} one-key changes (n={args.runs}, min-max in brackets), request to zip "
+            "downloaded, both servers taking turns, no CPU quota.\n\n"
+        )
+        args.out.write_text(header + "\n".join(lines) + "\n")
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.families:
+        await families(args)
+        return
     ktype = json.loads((args.layouts / "KType-Standard.json").read_bytes())
     ergo = json.loads((args.layouts / "MDErgo1-Default.json").read_bytes())
     lines: list[str] = []
@@ -206,4 +271,5 @@ if __name__ == "__main__":
     p.add_argument("--after", default="kiisrv-controller-057:latest")
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--families", action="store_true", help="one-key change per keyboard family")
     asyncio.run(main(p.parse_args()))
