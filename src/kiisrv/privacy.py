@@ -21,16 +21,50 @@ KEY_FILE = "client-key"
 _LENGTH = 20  # hex characters: 80 bits, far from any collision among real users
 
 
+KEY_BYTES = 32
+
+
 def load_key(data_dir: Path) -> bytes:
-    """The key, made on first start (exclusively, so two processes agree on one)."""
+    """The key, made on first start; every process that starts at once gets the same.
+
+    The file appears whole or not at all: the key is written to a file of its own and
+    hard-linked into place, which fails if another process got there first (a plain
+    create-then-write let a concurrent start, or a crash in between, read an empty key
+    and keep unkeyed hashes of addresses). A key file that is not a whole key (left by
+    such a crash) is replaced: rows made under it are no more linkable than before.
+    """
     path = data_dir / KEY_FILE
+    for _ in range(3):
+        key = _read_key(path)
+        if key is not None:
+            return key
+        tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(KEY_BYTES))
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            if path.exists() and _read_key(path) is None:
+                os.replace(tmp, path)  # a broken key file: ours replaces it
+            else:
+                os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: read theirs
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = _read_key(path)
+    if key is None:
+        raise OSError(f"{path}: could not make a client key")
+    return key
+
+
+def _read_key(path: Path) -> bytes | None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
+        key = bytes.fromhex(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return key if len(key) == KEY_BYTES else None
 
 
 def pseudonym(key: bytes, address: str) -> str:
