@@ -190,3 +190,14 @@ async def test_openapi_describes_the_configurator_routes(client: httpx.AsyncClie
         assert path in schema["paths"]
     assert "BuildRequest" in schema["components"]["schemas"]
     assert "Header" in schema["components"]["schemas"]
+
+
+async def test_client_sent_methods_cannot_add_metrics_series(client: httpx.AsyncClient) -> None:
+    """#14.4: every odd method a client sent became a series of its own, kept forever."""
+    before = (await client.get("/metrics")).text
+    for i in range(50):
+        await client.request(f"X{i:04d}" + "Z" * 200, "/status")
+    after = (await client.get("/metrics")).text
+    assert "ZZZZ" not in after
+    assert 'method="other"' in after
+    assert len(after) - len(before) < 2000
