@@ -208,7 +208,7 @@ def create_app(settings: Settings) -> FastAPI:
         raw = await request.body()
         client = client_address(
             request.client.host if request.client else "",
-            request.headers.get("x-forwarded-for"),
+            request.headers.getlist("x-forwarded-for"),
             proxies,
         )
         try:

@@ -107,7 +107,7 @@ class Kiisrv:
             )
         self.stats = StatsRecorder(self.storage)
         self.client_key = privacy.load_key(settings.data_dir)
-        self.limiter = RateLimiter(settings.rate_limit)
+        self.limiter = RateLimiter(settings.rate_limit, ipv6_prefix=settings.rate_limit_ipv6_prefix)
         self._answered: dict[str, float] = {}
         self._seen: OrderedDict[tuple[str, bytes], _Seen] = OrderedDict()
         self._envs: OrderedDict[bytes, str] = OrderedDict()

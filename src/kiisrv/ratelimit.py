@@ -34,35 +34,79 @@ def parse_networks(text: str) -> list[Network]:
     return networks
 
 
-def _trusted(address: str, networks: Sequence[Network]) -> bool:
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address, IPv4-mapped IPv6 (``::ffff:192.0.2.1``) as the IPv4 it is."""
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(text.strip())
     except ValueError:
-        return False
-    return any(ip in n for n in networks)
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
-def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
-    """The client: the peer, or behind trusted proxies the last address they did not add."""
+def _trusted(address: str, networks: Sequence[Network]) -> bool:
+    ip = _address(address)
+    return ip is not None and any(ip in n for n in networks)
+
+
+def client_address(
+    peer: str, forwarded_for: str | Sequence[str] | None, trusted: Sequence[Network]
+) -> str:
+    """The client: the peer, or behind trusted proxies the right-most hop they did not add.
+
+    Every ``X-Forwarded-For`` header counts, in order (a client's own header comes
+    first and a proxy's ``option forwardfor`` adds another: reading only the first let
+    the client choose its key). Walking from the right, each trusted proxy vouches for
+    the hop to its left; the first hop that is not a trusted proxy is the client. A
+    hop that is no address (``unknown``, junk) cannot be a key a client picks at will:
+    the proxy that passed it on stands for it.
+    """
+    ip = _address(peer)
+    peer = str(ip) if ip is not None else peer
     if not forwarded_for or not _trusted(peer, trusted):
         return peer
-    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    values = [forwarded_for] if isinstance(forwarded_for, str) else list(forwarded_for)
+    hops = [h.strip() for value in values for h in value.split(",") if h.strip()]
+    last = peer
     for hop in reversed(hops):
+        ip = _address(hop)
+        if ip is None:
+            return last
         if not _trusted(hop, trusted):
-            return hop
-    return hops[0] if hops else peer
+            return str(ip)
+        last = str(ip)
+    return last
+
+
+def limit_key(address: str, ipv6_prefix: int = 64) -> str:
+    """What one budget belongs to: an IPv4 address, or the IPv6 network around one.
+
+    An IPv6 customer holds at least a /64: per /128, one user had 2^64 budgets.
+    """
+    ip = _address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{ip}/{ipv6_prefix}", strict=False))
+    return str(ip) if ip is not None else address
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        ipv6_prefix: int = 64,
+    ) -> None:
         self.per_minute = per_minute
         self.clock = clock
+        self.ipv6_prefix = ipv6_prefix
         self._starts: dict[str, deque[float]] = {}
 
     def take(self, client: str) -> None:
         """Counts one new build of ``client``, or raises RateLimited (429)."""
         if self.per_minute <= 0:
             return
+        client = limit_key(client, self.ipv6_prefix)
         now = self.clock()
         starts = self._starts.pop(client, None) or deque()
         while starts and starts[0] <= now - WINDOW:

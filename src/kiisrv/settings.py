@@ -149,6 +149,14 @@ class Settings(BaseSettings):
         ge=0,
         description="New builds a client may start per minute (cache hits free); 0: no limit.",
     )
+    rate_limit_ipv6_prefix: int = Field(
+        64,
+        alias="KIISRV_RATE_LIMIT_IPV6_PREFIX",
+        ge=1,
+        le=128,
+        description="IPv6 clients share one rate limit per network of this prefix length "
+        "(an ISP hands each customer a /64 or more).",
+    )
     trusted_proxies: str = Field(
         "",
         alias="KIISRV_TRUSTED_PROXIES",
