@@ -338,3 +338,32 @@ def test_next_layer_on_layer_0_keeps_the_stock_layers() -> None:
     doc["matrix"][0]["layers"]["0"] = {"key": "NEXT LAYER"}
     files = [kll.KllFile("KType-Mine-0.kll", "")]
     assert kll.build_params(parse_layout(doc), files).partial_maps == ""
+
+
+def test_a_comment_typed_above_a_frame_keeps_the_frame() -> None:
+    """The Configurator saves frames split at `;`: a comment line above a frame arrives
+    in the same element, and copying it whole left a bare pixel list (a KLL lexer error
+    on real builds: bench/results-random.md)."""
+    from kiisrv.layout import parse_layout
+    from tests.helpers import ktype
+
+    doc = ktype()
+    doc.update(
+        {
+            "animations": {
+                "glow": {
+                    "settings": "loop",
+                    "frames": ["# my frames\nP[c:0%](87), P[c:100%](185)", "P[c:0%](1)", "# only"],
+                }
+            },
+        }
+    )
+    layout = parse_layout(doc)
+    block = kll._animations_block(layout, lts=False)
+    assert block == (
+        "A[glow] <= loop;\n"
+        "# my frames\n"
+        "A[glow, 1] <= P[c:0%](87), P[c:100%](185);\n"
+        "A[glow, 2] <= P[c:0%](1);\n"
+        "# only\n"
+    )

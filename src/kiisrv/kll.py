@@ -208,6 +208,27 @@ def _header_block(layout: Layout) -> str:
     return "\n".join(f'{k} = "{v}";' for k, v in items)
 
 
+def _leading_comments(frame: str) -> tuple[str, str]:
+    """A frame's leading ``#`` lines, and the frame after them.
+
+    The reference copied a frame that starts with ``#`` as a whole, as a comment. The
+    Configurator's editor saves frames split at ``;``, so a comment typed above a frame
+    arrives as one element, ``"# comment\nP[...]"``: copied whole, its second line was a
+    bare pixel list and the KLL compiler could not read the file. A frame with no line
+    after its comments is copied as before (every reference layout's comment frames).
+    """
+    if not frame.startswith("#"):
+        return "", frame
+    lines = frame.split("\n")
+    n = 0
+    while n < len(lines) and (lines[n].startswith("#") or not lines[n].strip()):
+        n += 1
+    rest = "\n".join(lines[n:]).strip()
+    if not rest:
+        return frame, ""
+    return "\n".join(lines[:n]).rstrip("\n"), rest
+
+
 def _animations_block(layout: Layout, lts: bool) -> str:
     if lts or not layout.animations:
         return ""
@@ -216,10 +237,11 @@ def _animations_block(layout: Layout, lts: bool) -> str:
         text = f"A[{name}] <= {anim.settings};\n"
         i = 1
         for frame in anim.frames:
-            if frame.startswith("#"):
-                text += f"{frame}\n"
-            else:
-                text += f"A[{name}, {i}] <= {frame};\n"
+            comment, rest = _leading_comments(frame)
+            if comment:
+                text += f"{comment}\n"
+            if rest:
+                text += f"A[{name}, {i}] <= {rest};\n"
                 i += 1
         entries.append(text if i > 1 else f"### {name} is empty, skipping")
     return "\n".join(entries)
