@@ -367,3 +367,17 @@ def test_a_comment_typed_above_a_frame_keeps_the_frame() -> None:
         "A[glow, 2] <= P[c:0%](1);\n"
         "# only\n"
     )
+
+
+def test_the_clients_cut_system_key_names_in_macros_are_put_back() -> None:
+    """The Configurator's macros send SYS"OWER DOWN" for POWER DOWN (substring(5) for
+    `SYS:`): a 422 from the KLL compiler on real builds (bench/results-random.md)."""
+    from kiisrv.layout import parse_layout
+    from tests.helpers import FIXTURE_LAYOUTS, ktype
+
+    base = parse_layout(json.loads((FIXTURE_LAYOUTS / "KType-TestBase.json").read_text()))
+    custom = 'U"A" : SYS"OWER DOWN";\nU"B" : SYS"LEEP" + SYS"AKE UP";\nU"C" : SYS"SLEEP";'
+    files = kll.generate(parse_layout(ktype(custom=custom)), base, lts=False)
+    assert 'U"A" : SYS"POWER DOWN";\nU"B" : SYS"SLEEP" + SYS"WAKE UP";\nU"C" : SYS"SLEEP";' in (
+        files[0].content
+    )

@@ -247,6 +247,25 @@ def _animations_block(layout: Layout, lts: bool) -> str:
     return "\n".join(entries)
 
 
+# The released Configurator (v1.1.0) writes a macro's system keys with `substring(5)`
+# for the 4-character prefix `SYS:`: POWER DOWN, SLEEP and WAKE UP reach the server as
+# SYS"OWER DOWN", SYS"LEEP", SYS"AKE UP", which no firmware knows. These are its only
+# system keys, and no key is named like the cut ones: they are put back.
+_CLIENT_CUT_SYS = {
+    "OWER DOWN": "POWER DOWN",
+    "OWERDOWN": "POWERDOWN",
+    "LEEP": "SLEEP",
+    "AKE UP": "WAKE UP",
+    "AKEUP": "WAKEUP",
+}
+_SYS_KEY = re.compile(r'SYS"([^"\n]*)"')
+
+
+def _custom_text(text: str) -> str:
+    """A layer's custom KLL, with the client's cut system key names put back."""
+    return _SYS_KEY.sub(lambda m: f'SYS"{_CLIENT_CUT_SYS.get(m[1], m[1])}"', text)
+
+
 def generate(layout: Layout, base: Layout, lts: bool) -> list[KllFile]:
     """One file per layer, named ``<name>-<Layout>-<n>.kll``."""
     name = board_name(layout)
@@ -259,7 +278,7 @@ def generate(layout: Layout, base: Layout, lts: bool) -> list[KllFile]:
     files = []
     for n, layer in enumerate(pairs(layout, base)):
         lines = "\n".join(_line(left, right, lts) for left, right in layer)
-        extra = f"\n\n{custom[n]}" if n in custom else ""
+        extra = f"\n\n{_custom_text(custom[n])}" if n in custom else ""
         if n == 0:
             text = f"{header}\n\n{defines}\n\n{lines}\n\n{extra}\n\n{animations}\n\n"
         else:
