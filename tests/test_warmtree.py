@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kiisrv import warmlist
-from kiisrv.warmtree import IGNORED_ENV, Record, dedupe_objects, differences, pick, trees_of
+from kiisrv.warmtree import IGNORED_ENV, Record, differences, pick, trees_of
 from tests.helpers import CONFORMANCE, NO_CONFORMANCE, REPO
 
 WRAPPER = REPO / "docker" / "controller" / "bin" / "cmake"
@@ -134,21 +134,6 @@ def test_trees_of_reads_each_trees_record(tmp_path: Path) -> None:
     found = dict(trees_of(tmp_path))
     assert set(found) == {tmp_path / "k1", tmp_path / "k2"}
     assert found[tmp_path / "k2"].args == ("-DLayoutName=:aria",)
-
-
-def test_dedupe_links_identical_objects_to_the_newest_copy(tmp_path: Path) -> None:
-    paths = [tmp_path / t / "CMakeFiles" / "x.c.obj" for t in ("a", "b", "c")]
-    for i, p in enumerate(paths):
-        p.parent.mkdir(parents=True)
-        p.write_bytes(b"same object" if i < 2 else b"another object")
-        os.utime(p, ns=(10**18 + i, 10**18 + i))
-    (tmp_path / "a" / "kll_defs.h").write_bytes(b"same object")  # not an object: untouched
-    linked, saved = dedupe_objects(tmp_path)
-    assert (linked, saved) == (1, len(b"same object"))
-    assert paths[0].stat().st_ino == paths[1].stat().st_ino
-    assert paths[0].stat().st_mtime_ns == 10**18 + 1  # the newer copy's time
-    assert paths[2].read_bytes() == b"another object"
-    assert (tmp_path / "a" / "kll_defs.h").stat().st_nlink == 1
 
 
 @pytest.mark.skipif(not (CONFORMANCE / "layouts").is_dir(), reason=NO_CONFORMANCE)

@@ -10,8 +10,7 @@
 # $WARM_DIR/<script stem>/<configure key>/. The key is that of the configure the cmake
 # wrapper recorded (bin/cmake, warmtree.py): build.sh reuses a tree only for a request
 # whose configure has the same key. A configuration that does not build here is left
-# cold, not fatal: its requests then build from nothing, as before. Identical objects
-# of different trees are hard-linked at the end, to keep the image small.
+# cold, not fatal: its requests then build from nothing, as before.
 set -euo pipefail
 list="$1"
 WARMTREE=/usr/local/lib/kiisrv/warmtree.py
@@ -120,7 +119,6 @@ while IFS=$'\t' read -r script variant default_map partial_maps; do
 	fi
 done < "$list"
 unset Layout
-python3 "$WARMTREE" dedupe "$WARM_DIR"
 rm -rf "$layers" "${BUILD_ROOT:?}" /tmp/*hid-io-layouts*
 if command -v ccache >/dev/null; then ccache --show-stats | head -n 5; fi
 rm -rf "$CCACHE_DIR"

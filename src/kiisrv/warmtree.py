@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -163,35 +162,6 @@ def trees_of(folder: Path) -> list[tuple[Path, Record]]:
     return found
 
 
-def dedupe_objects(root: Path) -> tuple[int, int]:
-    """Hard-links identical object files across trees; returns (files linked, bytes saved).
-
-    Trees of one keyboard in other layouts or layer counts share most objects byte for
-    byte; one inode for each keeps the image small. Only ``*.obj`` files: they feed the
-    link alone, which every build runs again, so the newest copy's timestamp (the one
-    kept) can only make ninja rebuild more, never less.
-    """
-    groups: dict[tuple[int, str], list[Path]] = {}
-    for path in root.rglob("*.obj"):
-        if path.is_file() and not path.is_symlink():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            groups.setdefault((path.stat().st_size, digest), []).append(path)
-    linked = saved = 0
-    for (size, _), paths in groups.items():
-        if len(paths) < 2:
-            continue
-        keep = max(paths, key=lambda p: p.stat().st_mtime_ns)
-        for path in paths:
-            if path == keep or path.stat().st_ino == keep.stat().st_ino:
-                continue
-            tmp = path.with_name(path.name + ".kiisrv-link")
-            os.link(keep, tmp)
-            tmp.replace(path)
-            linked += 1
-            saved += size
-    return linked, saved
-
-
 def differences(a: Record, b: Record) -> list[str]:
     """What keeps two configures from sharing a key, one line each (for the logs)."""
     out = [f"cwd: {a.cwd} != {b.cwd}"] if a.cwd != b.cwd else []
@@ -211,8 +181,7 @@ def differences(a: Record, b: Record) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``key <record>`` | ``pick <record> <script's warm folder>`` | ``diff <record> <record>``
-    | ``dedupe <folder>``."""
+    """``key <record>`` | ``pick <record> <script's warm folder>`` | ``diff <record> <record>``"""
     if len(argv) == 3 and argv[0] == "diff":
         print("\n".join(differences(Record.read(Path(argv[1])), Record.read(Path(argv[2])))))
         return 0
@@ -223,10 +192,6 @@ def main(argv: Sequence[str]) -> int:
         choice = pick(Record.read(Path(argv[1])), trees_of(Path(argv[2])))
         differs = ",".join(choice.differs)
         print(f"{choice.how}\t{choice.tree or ''}\t{differs}")
-        return 0
-    if len(argv) == 2 and argv[0] == "dedupe":
-        linked, saved = dedupe_objects(Path(argv[1]))
-        print(f"warm trees: {linked} identical objects linked, {saved / 1e6:.1f} MB saved")
         return 0
     print(main.__doc__, file=sys.stderr)
     return 64
