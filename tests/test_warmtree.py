@@ -3,7 +3,6 @@ configure (docker/controller/bin/cmake), and the committed warm list (warmlist.p
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
