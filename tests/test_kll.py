@@ -381,3 +381,13 @@ def test_the_clients_cut_system_key_names_in_macros_are_put_back() -> None:
     assert 'U"A" : SYS"POWER DOWN";\nU"B" : SYS"SLEEP" + SYS"WAKE UP";\nU"C" : SYS"SLEEP";' in (
         files[0].content
     )
+
+
+def test_a_function_key_in_a_layers_custom_kll_names_the_function_map() -> None:
+    """`U"Y" : U"NEXT LAYER";` typed into layer 1's custom KLL needs the map like a key."""
+    doc = ktype()
+    doc["custom"] = {"1": 'U"Y" : U"NEXT LAYER"; # next'}
+    files = [kll.KllFile(f"KType-Mine-{n}.kll", "") for n in range(2)]
+    assert kll.build_params(parse_layout(doc), files).partial_maps == "stdFuncMap KType-Mine-1"
+    doc["custom"] = {"1": 'U"Y" : U"F1";'}
+    assert kll.build_params(parse_layout(doc), files).partial_maps == "KType-Mine-1"

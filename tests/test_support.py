@@ -186,3 +186,16 @@ def test_the_reference_layouts_pass_where_they_build(name: str) -> None:
             continue  # refused as a whole already (Kira, Gemini fades on lts)
         base = store.load_base(kll.base_file_names(layout, version.lts))
         support.check_keys(layout, base, version)
+
+
+def test_a_combination_sending_a_function_map_key_is_refused_at_its_line() -> None:
+    """`U"Y" + U"PAGEDOWN" : U"NEXT LAYER";` fails on real v0.5.7 builds ("missing
+    FuncMap layout") even on layer 0, whose maps begin with stdFuncMap; one key works."""
+    combo = ktype(custom='U"A" : U"B";\nU"Y" + U"PAGEDOWN" : U"NEXT LAYER";')
+    with pytest.raises(Unsupported) as exc:
+        support.check_keys(parse_layout(combo), _base(), VERSIONS["latest"])
+    assert exc.value.message.startswith(
+        'Layer 0, custom KLL line 2: `U"Y" + U"PAGEDOWN" : U"NEXT LAYER"`: a combination'
+    )
+    single = ktype(custom='U"Y" : U"NEXT LAYER";\nU"+" : U"F1";\nU"Y" + U"P" : U"Q";')
+    support.check_keys(parse_layout(single), _base(), VERSIONS["latest"])

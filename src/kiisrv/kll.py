@@ -315,14 +315,24 @@ def reaches_other_layers(layout: Layout) -> bool:
     )
 
 
+_QUOTED_KEY = re.compile(r'\bU"([^"\n]+)"')
+
+
+def custom_function_keys(text: str, keys: frozenset[str]) -> list[str]:
+    """The function-map keys a layer's custom KLL names (``U"NEXT LAYER"``)."""
+    return [m[1] for m in _QUOTED_KEY.finditer(text) if m[1].upper() in keys]
+
+
 def _uses_function_keys(layout: Layout, number: int) -> bool:
+    """A key of the layer, or its custom KLL, names a key of the function map."""
     keys = firmware.function_map_keys(function_map(layout))
+    custom = (layout.custom or {}).get(number, "")
     return any(
         _function_key(action.key, keys)
         for key in layout.matrix
         for n, action in key.layers.items()
         if n == number
-    )
+    ) or bool(custom_function_keys(custom, keys))
 
 
 def build_params(layout: Layout, files: list[KllFile]) -> BuildParams:

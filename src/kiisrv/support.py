@@ -137,6 +137,17 @@ def _uses(layout: Layout, base: Layout, lts: bool) -> Iterator[_Use]:
                 yield _Use(f"Layer {n}, custom KLL line {i}", code.rstrip(";").strip())
 
 
+def _split_mapping(code: str) -> tuple[str, str, str]:
+    """``trigger : result`` at the first ``:`` outside quotes (``::``, ``:+`` alike)."""
+    quoted = False
+    for i, c in enumerate(code):
+        if c == '"':
+            quoted = not quoted
+        elif c == ":" and not quoted:
+            return code[:i], ":", code[i:].lstrip(":+-")
+    return code, "", ""
+
+
 def _label(tag: str) -> str:
     names = [v.name for v in DEFAULT_VERSIONS if v.git_tag == tag and v.name in ("latest", "lts")]
     return f"{names[0]} ({tag})" if names else tag
@@ -174,7 +185,18 @@ def check_keys(layout: Layout, base: Layout, version: Version) -> None:
         for name in _ANIMATION_DEF.findall(_code(line))
     }
     here = f"the {board} firmware of {_label(version.git_tag)}"
+    fkeys = firmware.function_map_keys(kll.function_map(layout))
     for use in _uses(layout, base, version.lts):
+        trigger, sep, result = _split_mapping(use.text)
+        if sep and "+" in re.sub(r'"[^"]*"', '""', trigger):
+            named = kll.custom_function_keys(result, fkeys)
+            if named:
+                raise Unsupported(
+                    f"{use.where}: `{use.text}`: a combination of keys cannot "
+                    f"send {named[0]}, a key of the function map (the KLL compiler cannot "
+                    "resolve it). Put it on a single key, or send the action it stands "
+                    "for (layerShift, layerRotate, ...) instead."
+                )
         if version.lts:
             for name in _ANIMATION_USE.findall(use.text):
                 if name in animations and name not in in_custom:
