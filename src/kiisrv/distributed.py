@@ -73,9 +73,29 @@ def done_channel(hash_: str) -> str:
     return f"kiisrv:done:{hash_}"
 
 
+def job_serializer(data: dict[str, Any]) -> bytes:
+    """arq's job and result records as JSON, never pickle (#14.1).
+
+    arq pickles by default, and unpickling runs code: whoever could write one key in
+    Redis ran a command in every worker, which holds the Docker socket. JSON is data
+    only; what is not JSON (an exception as a failed result) is stored as its repr.
+    """
+    return json.dumps(data, separators=(",", ":"), default=repr).encode()
+
+
+def job_deserializer(raw: bytes) -> dict[str, Any]:
+    """A job record, only as JSON: a planted pickle is a record that fails to parse."""
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("not a job record")
+    return data
+
+
 def connect(url: str) -> ArqRedis:
     """A lazy client: nothing is sent before the first command (Redis may be down)."""
     redis: ArqRedis = ArqRedis.from_url(url, socket_connect_timeout=3, socket_timeout=15)
+    redis.job_serializer = job_serializer
+    redis.job_deserializer = job_deserializer
     return redis
 
 
@@ -143,7 +163,7 @@ def plan_to_json(plan: Plan) -> bytes:
     ).encode()
 
 
-def plan_from_json(raw: bytes, image: str) -> Plan:
+def plan_from_json(raw: str | bytes, image: str) -> Plan:
     """The plan again, its image named as the worker's engine knows it."""
     d = json.loads(raw)
     script, split, default_map, partial_maps, layout = d["params"]
@@ -159,7 +179,7 @@ def plan_from_json(raw: bytes, image: str) -> Plan:
     )
 
 
-def image_id_of(plan_json: bytes) -> str:
+def image_id_of(plan_json: str | bytes) -> str:
     return str(json.loads(plan_json)["image_id"])
 
 
@@ -287,7 +307,7 @@ class RedisQueue(InFlightQueue):
                 return found
             await self.redis.enqueue_job(
                 BUILD_FUNCTION,
-                plan_to_json(plan),
+                plan_to_json(plan).decode(),
                 _job_id=hash_,
                 _queue_name=queue_name(plan.target.image_id),
             )
@@ -412,6 +432,8 @@ class BuildWorker:
                 ],
                 queue_name=queue_name(image_id),
                 redis_pool=self.redis,
+                job_serializer=job_serializer,
+                job_deserializer=job_deserializer,
                 max_jobs=s.max_builds,
                 poll_delay=s.worker_poll,
                 handle_signals=False,
@@ -433,7 +455,7 @@ class BuildWorker:
                 await self.redis.pexpire(in_progress_key_prefix + hash_, int(lease * 1000))
             await asyncio.sleep(lease / 3)
 
-    async def _build(self, ctx: dict[str, Any], payload: bytes) -> str:
+    async def _build(self, ctx: dict[str, Any], payload: str) -> str:
         hash_ = str(ctx["job_id"])
         if await self.redis.exists(result_key(hash_)):
             return "shared"  # finished meanwhile (a re-enqueue raced with the result)
