@@ -29,10 +29,9 @@ import anyio.to_thread
 from kiisrv import privacy
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
-from kiisrv.errors import KiisrvError, NotFound, StorageError, Unavailable, UnknownVersion
+from kiisrv.errors import NotFound, StorageError, Unavailable, UnknownVersion
 from kiisrv.jobs import Job, JobState
-from kiisrv.layout import Layout
-from kiisrv.layouts import LayoutStore
+from kiisrv.layouts import BaseFile, LayoutStore
 from kiisrv.planner import Plan, Planner
 from kiisrv.queue import BuildQueue, LocalQueue
 from kiisrv.ratelimit import RateLimiter
@@ -80,8 +79,7 @@ class _Seen:
     board: str
     variant: str
     layers: int
-    base: Layout | None = None
-    base_names: tuple[str, ...] = ()
+    base_file: BaseFile | None = None
 
 
 class Kiisrv:
@@ -175,8 +173,7 @@ class Kiisrv:
                 plan.board,
                 plan.variant,
                 plan.layers,
-                plan.base,
-                plan.base_names,
+                plan.base_file,
             )
             if key:
                 self._remember(key, seen, body.get("env", "latest"))
@@ -193,19 +190,13 @@ class Kiisrv:
         return self._outcome(job, seen, target, cached=False, duration=duration)
 
     def _memo(self, key: tuple[str, bytes]) -> _Seen | None:
-        """A body planned before, while its base layout is the one it was planned with.
+        """A body planned before, while its base layout file is unchanged.
 
-        The layout store parses a base file once per (mtime, size): the same object
-        means the same content; another (``kiisrv layouts fetch``) means another hash.
+        One stat, not a load: this is on the path of every cache hit. A changed base
+        (``kiisrv layouts fetch``) means another hash, so the body is planned again.
         """
         seen = self._seen.get(key)
-        if seen is None or seen.base is None:
-            return seen
-        try:
-            current = self.layouts.load_base(seen.base_names)
-        except KiisrvError:
-            current = None
-        if current is not seen.base:
+        if seen is not None and seen.base_file is not None and not seen.base_file.unchanged():
             del self._seen[key]
             return None
         return seen

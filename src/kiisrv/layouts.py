@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -97,7 +98,11 @@ class LayoutStore:
         return content
 
     def load_base(self, names: str | Sequence[str]) -> Layout:
-        """The first of ``names`` that exists, parsed (and cached while unchanged).
+        """The first of ``names`` that exists, parsed (and cached while unchanged)."""
+        return self.load_base_file(names)[0]
+
+    def load_base_file(self, names: str | Sequence[str]) -> tuple[Layout, BaseFile]:
+        """The base layout and which file, as it was, it came from.
 
         A keyboard name the client knows as an alias (``K-Type``) falls back to the
         target's base (``KType-Base.json``): the reference had none for it.
@@ -116,10 +121,27 @@ class LayoutStore:
             except NotFound:
                 continue
             stat = path.stat()
-            return _parse_cached(path, stat.st_mtime_ns, stat.st_size)
+            stamp = BaseFile(path, stat.st_mtime_ns, stat.st_size)
+            return _parse_cached(path, stat.st_mtime_ns, stat.st_size), stamp
         raise InvalidLayout(
             f"header.Base: the server has no base layout {candidates[0]!r} for this keyboard"
         )
+
+
+@dataclass(frozen=True)
+class BaseFile:
+    """A base layout file as it was read: one stat tells whether it changed since."""
+
+    path: Path
+    mtime_ns: int
+    size: int
+
+    def unchanged(self) -> bool:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return False
+        return (stat.st_mtime_ns, stat.st_size) == (self.mtime_ns, self.size)
 
 
 @lru_cache(maxsize=128)

@@ -17,7 +17,7 @@ from kiisrv.catalog import Available
 from kiisrv.errors import InvalidLayout
 from kiisrv.jobs import Job
 from kiisrv.layout import BuildRequest, Layout, parse_request
-from kiisrv.layouts import LayoutStore
+from kiisrv.layouts import BaseFile, LayoutStore
 
 # The version of what turns a request into firmware on this side: the KLL generation,
 # the build parameters and the rules that pick them. Part of every build's hash, so a
@@ -44,8 +44,7 @@ class Plan:
     layout_json: bytes
     board: str
     variant: str
-    base: Layout | None = None  # as loaded: a cache of this plan is good while it is
-    base_names: tuple[str, ...] = ()
+    base_file: BaseFile | None = None  # a memo of this plan is good while it is unchanged
 
     @property
     def layers(self) -> int:
@@ -116,8 +115,9 @@ class Planner:
         request = self.validate(body)
         layout = request.config
         support.check(layout, target.version)
-        base_names = tuple(kll.base_file_names(layout, target.version.lts))
-        base = self.layouts.load_base(base_names)
+        base, base_file = self.layouts.load_base_file(
+            kll.base_file_names(layout, target.version.lts)
+        )
         generated = kll.generate(layout, base, target.version.lts)
         if not generated:
             raise InvalidLayout("matrix: no key has any layer, so there is nothing to build")
@@ -147,6 +147,5 @@ class Planner:
             layout_json=json.dumps(body["config"], ensure_ascii=False).encode(),
             board=board,
             variant=variant,
-            base=base,
-            base_names=base_names,
+            base_file=base_file,
         )
