@@ -67,8 +67,10 @@ def fewer_kinds(doc: dict[str, Any], n: int) -> dict[str, Any]:
 
 @asynccontextmanager
 async def server(
-    image: str, layouts: Path, cpus: str, name: str
+    image: str, layouts: Path, cpus: str, name: str, max_builds: int = 10
 ) -> AsyncIterator[httpx.AsyncClient]:
+    """`kiisrv serve` on the images of ``image``'s prefix and tag, in a data folder of its
+    own; its containers and ccache volume are removed afterwards (also bench/random_layouts.py)."""
     repo, _, tag = image.partition(":")
     prefix = repo.rsplit("controller-", 1)[0]
     data = Path(tempfile.mkdtemp(prefix=f"kiisrv-bench-{name}-"))
@@ -87,7 +89,7 @@ async def server(
         "KIISRV_INSTANCE": f"kiisrvbench{name}",
         "KIISRV_CCACHE_VOLUME": f"kiisrvbench{name}-ccache",
         "KIISRV_BUILD_CPUS": cpus,
-        "KIISRV_MAX_BUILDS": "10",
+        "KIISRV_MAX_BUILDS": str(max_builds),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "kiisrv", "serve"],

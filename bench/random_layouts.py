@@ -46,7 +46,6 @@ import asyncio
 import copy
 import io
 import json
-import os
 import random
 import re
 import subprocess
@@ -497,90 +496,46 @@ def dry_run(cases: list[Case], layouts: Path, keep: Path | None) -> None:
 async def real_run(
     cases: list[Case], layouts: Path, prefix: str, tag: str, keep: Path | None
 ) -> None:
-    import docker
-    import httpx
-
     sys.path.insert(0, str(HERE))
-    import tempfile
+    from bench_real import server
 
-    data = Path(tempfile.mkdtemp(prefix="kiisrv-random-"))
-    instance = "kiisrvrandom"
-    import socket
+    image = f"{prefix}controller-057:{tag}"  # the server finds every version's image by these
+    async with server(image, layouts, "0", "random", max_builds=2) as http:
+        print("versions:", (await http.get("/versions")).text, flush=True)
+        sem = asyncio.Semaphore(2)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "KIISRV_HOST": "127.0.0.1",
-        "KIISRV_PORT": str(port),
-        "KIISRV_DATA_DIR": str(data),
-        "KIISRV_LAYOUTS_DIR": str(layouts),
-        "KIISRV_IMAGE_PREFIX": prefix,
-        "KIISRV_IMAGE_TAG": tag,
-        "KIISRV_RATE_LIMIT": "0",
-        "KIISRV_INSTANCE": instance,
-        "KIISRV_CCACHE_VOLUME": f"{instance}-ccache",
-        "KIISRV_MAX_BUILDS": "2",
-    }
-    log = open(data / "serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kiisrv", "serve"], env=env, stdout=log, stderr=log
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=1800) as http:
-            for _ in range(300):
-                try:
-                    await http.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-            print("versions:", (await http.get("/versions")).text, flush=True)
-            sem = asyncio.Semaphore(2)
-
-            async def one(c: Case) -> None:
-                async with sem:
-                    t = time.perf_counter()
-                    r = await http.post("/", json={"config": c.doc, "env": c.channel})
-                    c.seconds = time.perf_counter() - t
-                    json_ct = r.headers.get("content-type", "").startswith("application/json")
-                    body = r.json() if json_ct else {}
-                    if r.status_code == 200:
+        async def one(c: Case) -> None:
+            async with sem:
+                t = time.perf_counter()
+                r = await http.post("/", json={"config": c.doc, "env": c.channel})
+                c.seconds = time.perf_counter() - t
+                json_ct = r.headers.get("content-type", "").startswith("application/json")
+                body = r.json() if json_ct else {}
+                if r.status_code == 200:
+                    name = body["filename"].rsplit("/", 1)[1]
+                    z = await http.get(f"/tmp/{name}")
+                    with zipfile.ZipFile(io.BytesIO(z.content)) as zf:
+                        names = zf.namelist()
+                    fw = [n for n in names if n.endswith("kiibohd.dfu.bin")]
+                    c.outcome = "built" if fw else "failed"
+                    c.message = "" if fw else f"200 but no firmware in {name}: {names}"
+                elif r.status_code == 422 or r.status_code >= 500:
+                    c.outcome = "failed"
+                    c.message = f"{r.status_code}: {body.get('error', r.text)}"
+                    if keep is not None and body.get("filename"):
                         name = body["filename"].rsplit("/", 1)[1]
                         z = await http.get(f"/tmp/{name}")
-                        with zipfile.ZipFile(io.BytesIO(z.content)) as zf:
-                            names = zf.namelist()
-                        fw = [n for n in names if n.endswith("kiibohd.dfu.bin")]
-                        c.outcome = "built" if fw else "failed"
-                        c.message = "" if fw else f"200 but no firmware in {name}: {names}"
-                    elif r.status_code == 422 or r.status_code >= 500:
-                        c.outcome = "failed"
-                        c.message = f"{r.status_code}: {body.get('error', r.text)}"
-                        if keep is not None and body.get("filename"):
-                            name = body["filename"].rsplit("/", 1)[1]
-                            z = await http.get(f"/tmp/{name}")
-                            (keep / name).write_bytes(z.content)
-                    else:
-                        c.outcome = "refused"
-                        c.message = f"{r.status_code}: {body.get('error', r.text)}"
-                    print(
-                        f"{c.channel} {c.index:02d} {c.stock}: {c.outcome} {c.seconds:.1f}s "
-                        f"{c.message[:300]}",
-                        flush=True,
-                    )
+                        (keep / name).write_bytes(z.content)
+                else:
+                    c.outcome = "refused"
+                    c.message = f"{r.status_code}: {body.get('error', r.text)}"
+                print(
+                    f"{c.channel} {c.index:02d} {c.stock}: {c.outcome} {c.seconds:.1f}s "
+                    f"{c.message[:300]}",
+                    flush=True,
+                )
 
-            await asyncio.gather(*(one(c) for c in cases))
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        client = docker.DockerClient(version="auto")
-        for ct in client.containers.list(
-            all=True, filters={"label": f"io.kiisrv.instance={instance}"}
-        ):
-            ct.remove(force=True)
-        for v in client.volumes.list(filters={"name": instance}):
-            if v.name.startswith(instance):
-                v.remove(force=True)
+        await asyncio.gather(*(one(c) for c in cases))
 
 
 def report(cases: list[Case], command: str, seed: int, dry: bool) -> str:
