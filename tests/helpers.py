@@ -176,6 +176,10 @@ class Live:
     pid: int
 
 
+# The secret a test cluster's API servers and workers share (settings.queue_key).
+QUEUE_KEY = "test-queue-key-" + "k" * 32
+
+
 def kiisrv_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a ``kiisrv`` subprocess reads ``settings`` from, as in production."""
     return {
@@ -187,6 +191,7 @@ def kiisrv_env(settings: Settings, **extra: str) -> dict[str, str]:
         "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
         "KIISRV_BUILD_MEMORY": settings.build_memory,
         "KIISRV_RATE_LIMIT": str(settings.rate_limit),
+        "KIISRV_QUEUE_KEY": QUEUE_KEY,  # used only with KIISRV_QUEUE_URL
         **extra,
     }
 
@@ -502,3 +507,39 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.cleanup()
+
+
+# -- what a Redis holds ------------------------------------------------------------------
+
+
+async def redis_contents(url: str) -> bytes:
+    """Every key and every value of a Redis, read by type (DUMP may compress a value),
+    so a test can look for a client address anywhere in it."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(url)
+    parts: list[bytes] = []
+    try:
+        async for key in redis.scan_iter(count=1000):
+            parts.append(key)
+            kind = (await redis.type(key)).decode()
+            if kind == "string":
+                parts.append(await redis.get(key) or b"")
+            elif kind == "zset":
+                for member, score in await redis.zrange(key, 0, -1, withscores=True):
+                    parts += [member, str(score).encode()]
+            elif kind == "hash":
+                for field, value in (await redis.hgetall(key)).items():
+                    parts += [field, value]
+            elif kind == "list":
+                parts += await redis.lrange(key, 0, -1)
+            elif kind == "set":
+                parts += list(await redis.smembers(key))
+            elif kind == "stream":
+                for entry_id, fields in await redis.xrange(key):
+                    parts.append(entry_id)
+                    for field, value in fields.items():
+                        parts += [field, value]
+    finally:
+        await redis.aclose()
+    return b"\n".join(parts)

@@ -12,10 +12,15 @@ Keys (all in the Redis of ``KIISRV_QUEUE_URL``):
   worker that can run it.
 - ``kiisrv:worker:<instance>``: a worker's advertisement (its images and versions),
   expiring after ``KIISRV_WORKER_LEASE`` unless renewed. ``/versions`` is their union.
-- ``kiisrv:result:<hash>``: a finished build's job record and zip (or error zip), kept
+- ``kiisrv:result:<hash>``: a finished build's job record, zip (or error zip) and signature, kept
   ``KIISRV_RESULT_TTL`` seconds; ``kiisrv:done:<hash>`` announces it (pub/sub).
 - arq's own ``arq:in-progress:<hash>`` is renewed by the worker every third of the lease
   and so expires soon after a worker is killed: another worker then takes the build.
+
+Nothing read from Redis is trusted as it is (wire.py): jobs, results and adverts carry
+an HMAC with ``KIISRV_QUEUE_KEY``, which Redis never sees, and are validated field by
+field; arq's own records are JSON, never pickle. What fails is refused (a job),
+deleted (a result) or ignored (an advert), and logged.
 
 The API server keeps its own job rows, zips and Requests rows: it writes the zip it
 got from Redis into its builds folder (the result store, not file copying). Its
@@ -32,7 +37,6 @@ import logging
 import signal
 import time
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
@@ -42,7 +46,6 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from kiisrv import kll
 from kiisrv.artifacts import write_bytes
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
@@ -54,6 +57,7 @@ from kiisrv.runner import Runner
 from kiisrv.settings import Settings
 from kiisrv.storage import Storage
 from kiisrv.versions import DEFAULT_VERSIONS, ReleaseInfo, Version
+from kiisrv.wire import Advert, Forged, Wire, plan_from_record, release_of
 
 log = logging.getLogger("kiisrv.distributed")
 
@@ -99,88 +103,17 @@ def connect(url: str) -> ArqRedis:
     return redis
 
 
+def wire(settings: Settings) -> Wire:
+    """The cluster's signatures (wire.py); settings.py makes sure the key is there."""
+    if settings.queue_key is None:
+        raise ValueError("KIISRV_QUEUE_KEY is needed with KIISRV_QUEUE_URL")
+    return Wire(settings.queue_key.get_secret_value())
+
+
 def _unreachable(settings: Settings) -> Unavailable:
     return Unavailable(
         "the build queue (Redis) cannot be reached; try again in a moment", retry_after=10
     )
-
-
-# -- what travels ------------------------------------------------------------------------
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _dt(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-
-def job_to_dict(job: Job) -> dict[str, Any]:
-    return {
-        "hash": job.hash,
-        "stem": job.stem,
-        "version": job.version,
-        "container": job.container,
-        "state": job.state.value,
-        "error": job.error,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "duration_ms": job.duration_ms,
-        "retry_later": job.retry_later,
-    }
-
-
-def job_from_dict(d: dict[str, Any]) -> Job:
-    job = Job(d["hash"], d["stem"], d["version"], d["container"])
-    job.state = JobState(d["state"])
-    job.error = d["error"]
-    job.created_at = _dt(d["created_at"]) or job.created_at
-    job.started_at = _dt(d["started_at"])
-    job.finished_at = _dt(d["finished_at"])
-    job.duration_ms = d["duration_ms"]
-    job.retry_later = bool(d["retry_later"])
-    return job
-
-
-def plan_to_json(plan: Plan) -> bytes:
-    """What a worker needs to run the plan exactly as the embedded server would."""
-    v = plan.target.version
-    p = plan.params
-    return json.dumps(
-        {
-            "job": job_to_dict(plan.job),
-            "version": [v.name, v.channel, v.container, v.git_tag],
-            "image_id": plan.target.image_id,
-            "files": [[f.name, f.content] for f in plan.files],
-            "params": [p.script, p.split, p.default_map, p.partial_maps, p.layout],
-            "layout_name": plan.layout_name,
-            "layout_json": plan.layout_json.decode(),
-            "board": plan.board,
-            "variant": plan.variant,
-        }
-    ).encode()
-
-
-def plan_from_json(raw: str | bytes, image: str) -> Plan:
-    """The plan again, its image named as the worker's engine knows it."""
-    d = json.loads(raw)
-    script, split, default_map, partial_maps, layout = d["params"]
-    return Plan(
-        job=job_from_dict(d["job"]),
-        target=Available(Version(*d["version"]), image, d["image_id"], None),
-        files=[kll.KllFile(name, content) for name, content in d["files"]],
-        params=kll.BuildParams(script, split, default_map, partial_maps, layout),
-        layout_name=d["layout_name"],
-        layout_json=d["layout_json"].encode(),
-        board=d["board"],
-        variant=d["variant"],
-    )
-
-
-def image_id_of(plan_json: str | bytes) -> str:
-    return str(json.loads(plan_json)["image_id"])
 
 
 # -- the API server's side ---------------------------------------------------------------
@@ -192,13 +125,14 @@ class WorkerCatalog(Catalog):
     def __init__(self, settings: Settings, storage: Storage, engine: Engine, redis: ArqRedis):
         super().__init__(settings, storage, engine, ttl=1.0)
         self.redis = redis
+        self.wire = wire(settings)
         self._fetched = False
 
     async def available(self) -> dict[str, Available]:
         if time.monotonic() - self._at <= self.ttl:
             return self._available
         try:
-            adverts = await live_workers(self.redis)
+            adverts = await live_workers(self.redis, self.wire)
         except RedisError:
             if self._fetched:  # a request then learns of the outage from the queue (503)
                 return self._available
@@ -210,16 +144,24 @@ class WorkerCatalog(Catalog):
         return self._available
 
 
-async def live_workers(redis: ArqRedis) -> list[dict[str, Any]]:
+async def live_workers(redis: ArqRedis, wire: Wire) -> list[Advert]:
+    """The adverts of live workers; one that is not signed with the cluster's key is
+    skipped (and logged): a planted advert could send builds to a queue no one serves."""
     keys = [k async for k in redis.scan_iter(match=f"{WORKER_PREFIX}*", count=200)]
     if not keys:
         return []
-    values = await redis.mget(keys)
-    return [json.loads(v) for v in values if v]
+    found = []
+    for key, value in zip(keys, await redis.mget(keys), strict=True):
+        if value:
+            try:
+                found.append(wire.open_advert(value))
+            except Forged as exc:
+                log.warning("ignoring worker advert %r: %s", key, exc)
+    return found
 
 
 def join_adverts(
-    versions: list[Version], adverts: list[dict[str, Any]], image_name: Any
+    versions: list[Version], adverts: list[Advert], image_name: Any
 ) -> dict[str, Available]:
     """Each version's image: the id most live workers have (a tie: the smallest id)."""
     found: dict[str, Available] = {}
@@ -227,11 +169,10 @@ def join_adverts(
         ids: Counter[str] = Counter()
         infos: dict[str, ReleaseInfo | None] = {}
         for ad in adverts:
-            for image_id, containers in ad.get("images", {}).items():
+            for image_id, containers in ad.images.items():
                 if version.container in containers:
                     ids[image_id] += 1
-                    raw = containers[version.container]
-                    infos[image_id] = ReleaseInfo(**raw) if raw else None
+                    infos[image_id] = release_of(containers[version.container])
         if ids:
             best = sorted(ids.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
             found[version.name] = Available(version, image_name(version), best, infos[best])
@@ -246,6 +187,7 @@ class RedisQueue(InFlightQueue):
         self.settings = settings
         self.runner = runner
         self.redis = redis
+        self.wire = wire(settings)
 
     def _waiting(self) -> int:
         return len(self._inflight)  # queued or running, they all wait on the workers
@@ -293,10 +235,8 @@ class RedisQueue(InFlightQueue):
                 record.future.set_result(job)
 
     async def _result(self, hash_: str) -> tuple[Job, bytes] | None:
-        found = await self.redis.hgetall(result_key(hash_))  # type: ignore[misc]
-        if not found or b"job" not in found:
-            return None
-        return job_from_dict(json.loads(found[b"job"])), bytes(found.get(b"zip", b""))
+        """The build's signed result; a forged one is deleted (and logged), never served."""
+        return await signed_result(self.redis, self.wire, hash_)
 
     async def _remote(self, plan: Plan) -> tuple[Job, bytes]:
         """The build's result from whichever worker ran it (or runs it now)."""
@@ -305,9 +245,11 @@ class RedisQueue(InFlightQueue):
             found = await self._result(hash_)
             if found:
                 return found
+            payload, signature = self.wire.seal_plan(plan)
             await self.redis.enqueue_job(
                 BUILD_FUNCTION,
-                plan_to_json(plan).decode(),
+                payload,
+                signature,
                 _job_id=hash_,
                 _queue_name=queue_name(plan.target.image_id),
             )
@@ -366,6 +308,7 @@ class BuildWorker:
         self.catalog = Catalog(settings, self.storage, self.engine, ttl=0.0)
         self.runner = Runner(settings, self.storage, self.engine)
         self.redis = connect(settings.queue_url)
+        self.wire = wire(settings)
         self._slots = asyncio.Semaphore(settings.max_builds)
         self._queues: dict[str, asyncio.Task[None]] = {}
         self._images: dict[str, str] = {}  # image id -> a local name of it
@@ -407,7 +350,7 @@ class BuildWorker:
         try:
             await self.redis.set(
                 WORKER_PREFIX + self.id,
-                json.dumps(advert),
+                self.wire.seal_advert(advert),
                 px=int(self.settings.worker_lease * 1000),
             )
         except RedisError as exc:
@@ -455,17 +398,21 @@ class BuildWorker:
                 await self.redis.pexpire(in_progress_key_prefix + hash_, int(lease * 1000))
             await asyncio.sleep(lease / 3)
 
-    async def _build(self, ctx: dict[str, Any], payload: str) -> str:
+    async def _build(self, ctx: dict[str, Any], payload: Any, signature: Any = None) -> str:
         hash_ = str(ctx["job_id"])
-        if await self.redis.exists(result_key(hash_)):
+        try:
+            record = self.wire.open_plan(hash_, payload, signature)
+        except Forged as exc:
+            log.warning("worker %s: refusing job %r: %s", self.id, hash_[:64], exc)
+            return "refused"
+        if await signed_result(self.redis, self.wire, hash_):
             return "shared"  # finished meanwhile (a re-enqueue raced with the result)
         hold = asyncio.create_task(self._hold(hash_))
         try:
-            image_id = image_id_of(payload)
-            image = self._images.get(image_id)
+            image = self._images.get(record.image_id)
             if image is None:
                 raise Retry(defer=1)  # not ours (any more): let another worker have it
-            plan = plan_from_json(payload, image)
+            plan = plan_from_record(record, image)
             job = plan.job
             job.state, job.error, job.retry_later = JobState.QUEUED, None, False
             output = b""
@@ -485,14 +432,28 @@ class BuildWorker:
             data = await anyio.to_thread.run_sync(path.read_bytes)
             await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
             async with self.redis.pipeline(transaction=True) as pipe:
-                record = json.dumps(job_to_dict(job))
-                pipe.hset(result_key(hash_), mapping={"job": record, "zip": data})
+                pipe.delete(result_key(hash_))
+                pipe.hset(result_key(hash_), mapping=self.wire.seal_result(job, data))
                 pipe.pexpire(result_key(hash_), int(self.settings.result_ttl * 1000))
                 pipe.publish(done_channel(hash_), b"1")
                 await pipe.execute()
             return job.state.value
         finally:
             hold.cancel()
+
+
+async def signed_result(redis: ArqRedis, wire: Wire, hash_: str) -> tuple[Job, bytes] | None:
+    """A build's result if a worker of this cluster signed it; anything else under its
+    key was planted (or left by a cluster with another key): deleted, never served."""
+    found = await redis.hgetall(result_key(hash_))  # type: ignore[misc]
+    if not found:
+        return None
+    try:
+        return wire.open_result(hash_, found)
+    except Forged as exc:
+        log.warning("deleting the result stored for %s: %s", hash_, exc)
+        await redis.delete(result_key(hash_))
+        return None
 
 
 def run_worker(settings: Settings) -> None:

@@ -12,12 +12,14 @@ An empty variable means "the default", except where empty is itself a value
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, StrictBool, ValidationError, field_validator
+from pydantic import Field, SecretStr, StrictBool, ValidationError, field_validator, model_validator
 from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -175,11 +177,25 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest request body accepted, in bytes.",
     )
+    status_token: SecretStr | None = Field(
+        None,
+        alias="KIISRV_STATUS_TOKEN",
+        description="Opens the detailed status page (`/status/detail`: hashes, layouts, "
+        "logs) to whoever sends it (32+ characters, e.g. `openssl rand -hex 32`); "
+        "unset: no detailed page.",
+    )
 
     queue_url: str | None = Field(
         None,
         alias="KIISRV_QUEUE_URL",
         description="Redis URL of the build queue (arq); set: builds run on `kiisrv worker`s.",
+    )
+    queue_key: SecretStr | None = Field(
+        None,
+        alias="KIISRV_QUEUE_KEY",
+        min_length=32,
+        description="Distributed: the secret every API server and worker shares (32+ "
+        "characters, e.g. `openssl rand -hex 32`); signs jobs, results and adverts in Redis.",
     )
     build_tries: int = Field(
         3,
@@ -218,6 +234,31 @@ class Settings(BaseSettings):
         if value and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return value or None
+
+    @field_validator("queue_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value:
+            redis_url_problem(value)
+        return value or None
+
+    @model_validator(mode="after")
+    def _queue_key(self) -> Settings:
+        if self.queue_url and self.queue_key is None:
+            raise ValueError(
+                "KIISRV_QUEUE_KEY must be set with KIISRV_QUEUE_URL: the secret the cluster "
+                "signs its jobs and results with (e.g. `openssl rand -hex 32`)"
+            )
+        return self
+
+    @field_validator("status_token")
+    @classmethod
+    def _unguessable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "must be at least 32 characters, too many to guess (e.g. `openssl rand -hex 32`)"
+            )
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -286,6 +327,35 @@ class Settings(BaseSettings):
     @property
     def config_db(self) -> Path:
         return self.data_dir / "config.db"
+
+
+# Passwords that documentation and examples print: as good as none.
+KNOWN_PASSWORDS = {"change-me", "changeme", "password", "redis", "secret", "kiisrv"}
+
+
+def redis_url_problem(url: str) -> None:
+    """A Redis the cluster trusts must not be open to whoever reaches its port.
+
+    Loopback and unix sockets may go without a password (the machine's own users are
+    trusted anyway); over a network a password is required, and not one from an example.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    password = parts.password
+    if password is not None and password.lower() in KNOWN_PASSWORDS:
+        raise ValueError("the Redis password is an example one; set a secret of your own")
+    if parts.scheme == "unix" or password:
+        return
+    try:
+        local = ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        local = parts.hostname == "localhost"
+    if not local:
+        raise ValueError(
+            "a Redis reached over the network needs a password "
+            "(redis://:<password>@host:6379/0; rediss:// for TLS)"
+        )
 
 
 _TRUE = {"1", "true", "yes", "on"}
