@@ -34,7 +34,7 @@ from kiisrv.jobs import Job, JobState
 from kiisrv.layouts import BaseFile, LayoutStore
 from kiisrv.planner import Plan, Planner
 from kiisrv.queue import BuildQueue, LocalQueue
-from kiisrv.ratelimit import RateLimiter
+from kiisrv.ratelimit import make_limiter
 from kiisrv.retention import PruneResult, prune
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
@@ -93,6 +93,7 @@ class Kiisrv:
         self.planner = Planner(self.layouts)
         self.runner = Runner(settings, self.storage, self.engine)
         self.queue: BuildQueue
+        redis = None
         if settings.queue_url:  # builds run on `kiisrv worker`s: docs/distributed.md
             from kiisrv import distributed
 
@@ -105,7 +106,8 @@ class Kiisrv:
             )
         self.stats = StatsRecorder(self.storage)
         self.client_key = privacy.load_key(settings.data_dir)
-        self.limiter = RateLimiter(settings.rate_limit, ipv6_prefix=settings.rate_limit_ipv6_prefix)
+        # With a queue the window is in its Redis, shared by every API server.
+        self.limiter = make_limiter(settings, self.client_key, redis)
         self._answered: dict[str, float] = {}
         self._seen: OrderedDict[tuple[str, bytes], _Seen] = OrderedDict()
         self._envs: OrderedDict[bytes, str] = OrderedDict()
@@ -183,7 +185,7 @@ class Kiisrv:
         if plan is None:
             plan = self.planner.plan(body, target)
         if client and self.queue.current(plan.job.hash) is None:
-            self.limiter.take(client)
+            await self.limiter.take(client)
         job = await self.queue.submit(plan)
         self._answer(job.hash)
         duration = int((time.monotonic() - started) * 1000)
