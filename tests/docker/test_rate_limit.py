@@ -37,22 +37,3 @@ async def test_a_client_past_the_limit_gets_429_and_cache_hits_stay_free(
     with sqlite3.connect(settings.stats_db) as db:
         stored = {a for (a,) in db.execute("SELECT ip_addr FROM Requests")}
     assert stored == {privacy.pseudonym(key, "203.0.113.7"), privacy.pseudonym(key, "198.51.100.9")}
-
-
-async def test_a_forged_forwarded_for_header_does_not_dodge_the_limit(
-    docker_settings: Settings,
-) -> None:
-    """#14.5: behind a proxy with `option forwardfor`, the client's own header came first
-    and was the only one read: a new forged address per request was a new budget."""
-    import httpx
-
-    settings = docker_settings.replace(rate_limit=1, trusted_proxies="203.0.113.7")
-    async with app_client(settings) as client:
-        statuses = []
-        for i in range(3):
-            headers = httpx.Headers(
-                [("X-Forwarded-For", f"6.6.6.{i}"), ("X-Forwarded-For", "198.51.100.1")]
-            )
-            body = request(ktype(custom=f"# forged {i}"))  # a new build each time
-            statuses.append((await client.post("/", json=body, headers=headers)).status_code)
-    assert statuses == [200, 429, 429]
