@@ -543,3 +543,28 @@ async def redis_contents(url: str) -> bytes:
     finally:
         await redis.aclose()
     return b"\n".join(parts)
+
+
+# -- the Docker socket proxy -------------------------------------------------------------
+
+
+@contextmanager
+def socket_proxy(settings: Settings, log: Path, **env_extra: str) -> Iterator[str]:
+    """``kiisrv socket-proxy`` in a subprocess on the real engine socket, for the build
+    containers of ``settings``; yields its ``tcp://`` address for ``DOCKER_HOST``."""
+    port = free_port()
+    env = kiisrv_env(settings, DOCKER_HOST="unix:///var/run/docker.sock", **env_extra)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiisrv", "socket-proxy", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        if not wait_for_http(f"http://127.0.0.1:{port}/_ping"):
+            raise AssertionError(f"socket proxy did not start:\n{log.read_text()}")
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -60,6 +60,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _socket_proxy(args: argparse.Namespace, settings: Settings) -> int:
+    from kiisrv import socketproxy
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    socketproxy.run(settings, args.host, args.port)
+    return 0
+
+
 def _kll(args: argparse.Namespace, settings: Settings) -> int:
     store = LayoutStore(args.layouts_dir or settings.layouts_dir)
     layout = parse_layout(json.loads(Path(args.layout).read_bytes()))
@@ -211,6 +219,14 @@ def parser() -> argparse.ArgumentParser:
         "worker", help="run builds from the queue (KIISRV_QUEUE_URL) on this host's engine"
     )
     work.set_defaults(func=_worker)
+
+    proxy = sub.add_parser(
+        "socket-proxy",
+        help="hold the Docker socket (DOCKER_HOST) and pass only the calls builds need",
+    )
+    proxy.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    proxy.add_argument("--port", type=int, default=2375, help="port (default: 2375)")
+    proxy.set_defaults(func=_socket_proxy)
 
     gen = sub.add_parser("kll", help="write the .kll files of one layout, without a build")
     gen.add_argument("layout", help="layout JSON file, as the Configurator sends it")

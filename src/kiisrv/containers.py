@@ -45,6 +45,11 @@ class ContainerSpec:
     tmpfs: dict[str, str] = field(default_factory=lambda: {"/tmp": "exec,mode=1777,size=1g"})
     network_disabled: bool = True
     read_only: bool = False
+    # The engine's copy of the output (json-file): a build printing without end must not
+    # fill the host's disk. The tail is kept (1-2 MB): what the error zip and the
+    # diagnosis read; a finished build's own log/build.log is written by build.sh.
+    log_max_size: str = "1m"
+    log_max_files: int = 2
 
 
 def _host_path(local: Path, host: Path | None) -> PurePosixPath:

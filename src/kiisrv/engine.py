@@ -29,7 +29,7 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 from docker import DockerClient
-from docker.types import Mount
+from docker.types import LogConfig, Mount
 
 from kiisrv.containers import LABEL_INSTANCE, ContainerSpec
 from kiisrv.errors import (
@@ -179,6 +179,10 @@ class Engine:
                 # Only a build running as root needs to write into the server's folders.
                 cap_add=None if spec.user else ["CHOWN", "DAC_OVERRIDE", "FOWNER"],
                 security_opt=["no-new-privileges"],
+                log_config=LogConfig(
+                    type=LogConfig.types.JSON,
+                    config={"max-size": spec.log_max_size, "max-file": str(spec.log_max_files)},
+                ),
             )
             cid: str = c.api.create_container(
                 spec.image,

@@ -185,6 +185,20 @@ class Settings(BaseSettings):
         "unset: no detailed page.",
     )
 
+    proxy_instances: str = Field(
+        "",
+        alias="KIISRV_PROXY_INSTANCES",
+        description="Socket proxy: instances (comma separated) whose build containers it "
+        "lets be started, inspected, killed and removed; empty: `KIISRV_INSTANCE`.",
+    )
+    proxy_bind_roots: str = Field(
+        "",
+        alias="KIISRV_PROXY_BIND_ROOTS",
+        description="Socket proxy: host folders (comma separated) below which build "
+        "containers may bind-mount; empty: `HOST_TMP_CONFIG` and `HOST_TMP_BUILDS` "
+        "(else `<data>/config`, `<data>/builds`).",
+    )
+
     queue_url: str | None = Field(
         None,
         alias="KIISRV_QUEUE_URL",

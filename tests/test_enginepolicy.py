@@ -1,0 +1,389 @@
+"""The socket proxy's rule, without Docker: what a build needs passes, nothing else.
+
+The accepted body is not written by hand: it is the one ``Engine.start`` really sends
+(the Docker SDK's own serialisation), recorded by a small HTTP server standing in for
+the engine. Every other case is that body with one field made dangerous.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+import pytest
+
+from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED, build_container_spec
+from kiisrv.engine import Engine
+from kiisrv.enginepolicy import (
+    Kind,
+    Policy,
+    Refused,
+    check_create,
+    list_query,
+    route,
+    visible,
+)
+from kiisrv.settings import Settings
+from kiisrv.socketproxy import policy as policy_of
+
+SETTINGS = Settings(
+    data_dir=Path("/srv/data"),
+    host_tmp_config=Path("/var/lib/kiisrv/config"),
+    host_tmp_builds=Path("/var/lib/kiisrv/builds"),
+    instance="kiisrv",
+    image_prefix="kiisrv-",
+    ccache_volume="kiisrv-ccache",
+)
+POLICY = policy_of(SETTINGS.replace(proxy_instances="kiisrv, kiisrv-worker"))
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers the three calls of ``Engine.start`` and keeps the create body."""
+
+    bodies: ClassVar[list[dict[str, Any]]] = []
+
+    def _answer(self, status: int, doc: object | None = None) -> None:
+        raw = json.dumps(doc).encode() if doc is not None else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self) -> None:
+        self._answer(200, {"ApiVersion": "1.41", "Version": "20.10.24"})
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.split("?")[0].endswith("/containers/create"):
+            self.bodies.append(json.loads(raw))
+            self._answer(201, {"Id": "0" * 64, "Warnings": []})
+        else:
+            self._answer(204)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def sent() -> Iterator[dict[str, Any]]:
+    """The create body of a real spec, as Engine.start serialises it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spec = build_container_spec(
+        SETTINGS,
+        image="kiisrv-controller-057:latest",
+        job_hash="0123456789abcdef0123456789abcdef",
+        script="k-type.bash",
+        zip_name="KType-Mine-0123.zip",
+        environment={"Layout": "std"},
+        suffix="x1",
+    )
+    engine = Engine(f"tcp://127.0.0.1:{server.server_address[1]}", timeout=10)
+    import asyncio
+
+    try:
+        asyncio.run(engine.start(spec))
+    finally:
+        engine.close()
+        server.shutdown()
+    (body,) = _Recorder.bodies
+    yield body
+
+
+@pytest.fixture
+def body(sent: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(sent)
+
+
+def refused(body: object, match: str, policy: Policy = POLICY) -> None:
+    with pytest.raises(Refused, match=match):
+        check_create(body, policy)
+
+
+# -- what a build sends ----------------------------------------------------------------
+
+
+def test_the_body_engine_start_sends_passes(body: dict[str, Any]) -> None:
+    forwarded = check_create(body, POLICY)
+    host = forwarded["HostConfig"]
+    assert forwarded["Image"] == "kiisrv-controller-057:latest"
+    assert host["NetworkMode"] == "none" and host["CapDrop"] == ["ALL"]
+    assert [(m["Source"], m["Target"], m.get("ReadOnly", False)) for m in host["Mounts"]] == [
+        (m["Source"], m["Target"], m["ReadOnly"]) for m in body["HostConfig"]["Mounts"]
+    ]
+    # Empty keys are not forwarded: the engine sees what was checked, nothing more.
+    assert all(v not in (None, False, "", [], {}) for v in forwarded.values())
+
+
+def test_build_containers_cap_their_log(body: dict[str, Any]) -> None:
+    """A build printing without end would fill the host's disk through json-file."""
+    assert body["HostConfig"]["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "1m", "max-file": "2"},
+    }
+
+
+def test_a_worker_instance_passes_too(body: dict[str, Any]) -> None:
+    body["Labels"][LABEL_INSTANCE] = "kiisrv-worker"
+    check_create(body, POLICY)
+
+
+# -- the create body, one dangerous field at a time ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("Privileged", True, "privileged"),
+        ("CapAdd", ["SYS_ADMIN"], "capabilities"),
+        ("Binds", ["/:/host"], "Binds"),
+        ("VolumesFrom", ["redis"], "volumes"),
+        ("Devices", [{"PathOnHost": "/dev/sda", "PathInContainer": "/dev/sda"}], "devices"),
+        ("DeviceRequests", [{"Driver": "nvidia", "Count": -1}], "device requests"),
+        ("DeviceCgroupRules", ["c 1:3 mr"], "cgroup rules"),
+        ("PidMode", "host", "pid"),
+        ("IpcMode", "host", "ipc"),
+        ("UTSMode", "host", "uts"),
+        ("UsernsMode", "host", "user namespace"),
+        ("CgroupnsMode", "host", "cgroup namespace"),
+        ("Links", ["redis:redis"], "links"),
+        ("PortBindings", {"22/tcp": [{"HostPort": "2222"}]}, "ports"),
+        ("PublishAllPorts", True, "ports"),
+        ("Sysctls", {"net.ipv4.ip_forward": "1"}, "sysctls"),
+        ("ExtraHosts", ["evil:1.2.3.4"], "extra hosts"),
+        ("CgroupParent", "/", "cgroup parent"),
+        ("Runtime", "runc-unsafe", "runtime"),
+        ("OomScoreAdj", -1000, "OomScoreAdj"),
+        ("privileged", True, "privileged is not allowed"),  # the engine ignores case
+        ("NetworkMode", "host", "NetworkMode"),
+        ("NetworkMode", "bridge", "NetworkMode"),
+        ("NetworkMode", "container:redis", "NetworkMode"),
+        ("NetworkMode", None, "NetworkMode"),
+        ("CapDrop", [], "CapDrop"),
+        ("CapDrop", ["NET_RAW"], "CapDrop"),
+        ("SecurityOpt", None, "no-new-privileges"),
+        ("SecurityOpt", ["no-new-privileges", "seccomp=unconfined"], "seccomp"),
+        ("SecurityOpt", ["no-new-privileges", "apparmor=unconfined"], "apparmor"),
+        ("SecurityOpt", ["no-new-privileges", "label=disable"], "label"),
+        ("Memory", 0, "Memory"),
+        ("PidsLimit", -1, "PidsLimit"),
+        ("LogConfig", None, "json-file"),
+        ("LogConfig", {"Type": "syslog", "Config": {}}, "json-file"),
+        ("LogConfig", {"Type": "json-file", "Config": {}}, "max-size"),
+        ("LogConfig", {"Type": "json-file", "Config": {"max-size": "10g"}}, "max-size"),
+        (
+            "LogConfig",
+            {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "99"}},
+            "max-file",
+        ),
+        (
+            "LogConfig",
+            {"Type": "json-file", "Config": {"max-size": "1m", "compress": "true"}},
+            "compress",
+        ),
+        ("Mounts", "not a list", "Mounts"),
+    ],
+)
+def test_host_config_refused(body: dict[str, Any], key: str, value: object, match: str) -> None:
+    body["HostConfig"][key] = value
+    refused(body, match)
+
+
+def _bind(source: str, **extra: object) -> dict[str, object]:
+    return {"Type": "bind", "Source": source, "Target": "/mnt/x", "ReadOnly": False, **extra}
+
+
+@pytest.mark.parametrize(
+    ("mount", "match"),
+    [
+        (_bind("/"), "outside"),
+        (_bind("/etc"), "outside"),
+        (_bind("/var/lib/kiisrv"), "outside"),
+        (_bind("/var/lib/kiisrv/config"), "outside"),  # every build's inputs at once
+        (_bind("/var/lib/kiisrv/config/../../../../etc"), "plain absolute"),
+        (_bind("/var/lib/kiisrv/config/./x"), "plain absolute"),
+        (_bind("var/lib/kiisrv/config/x"), "plain absolute"),
+        (_bind("/var/lib/kiisrv/configs/x"), "outside"),
+        (_bind("/var/lib/kiisrv/config/x", BindOptions={"Propagation": "rshared"}), "BindOptions"),
+        ({"Type": "volume", "Source": "redis-data", "Target": "/x"}, "ccache"),
+        (
+            {
+                "Type": "volume",
+                "Source": "kiisrv-ccache",
+                "Target": "/x",
+                "VolumeOptions": {
+                    "DriverConfig": {
+                        "Name": "local",
+                        "Options": {"type": "none", "o": "bind", "device": "/"},
+                    }
+                },
+            },
+            "VolumeOptions",
+        ),
+        ({"Type": "npipe", "Source": "//./pipe/docker_engine", "Target": "/x"}, "type"),
+        ({"Type": "tmpfs", "Target": "/x"}, "source"),
+        ("/:/host", "object"),
+    ],
+)
+def test_mounts_refused(body: dict[str, Any], mount: object, match: str) -> None:
+    body["HostConfig"]["Mounts"].append(mount)
+    refused(body, match)
+
+
+def test_the_ccache_volume_passes_read_only_or_not(body: dict[str, Any]) -> None:
+    for m in body["HostConfig"]["Mounts"]:
+        if m["Type"] == "volume":
+            m["ReadOnly"] = not m["ReadOnly"]
+    check_create(body, POLICY)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("Image", "debian:bookworm-slim", "not a controller image"),
+        ("Image", "kiisrv-controller-057:other", "not a controller image"),
+        ("Image", "kiisrv-controller-057", "not a controller image"),
+        ("Image", "sha256:" + "0" * 64, "not a controller image"),
+        ("Image", "evil/kiisrv-controller-057:latest", "not a controller image"),
+        ("User", None, "build user"),
+        ("User", "0", "build user"),
+        ("User", "root", "build user"),
+        ("User", "0:0", "build user"),
+        ("User", "1001:1001", "build user"),
+        ("Labels", None, "not a kiisrv build container"),
+        ("Labels", {LABEL_MANAGED: "1"}, "not a kiisrv build container"),
+        ("Labels", {LABEL_MANAGED: "1", LABEL_INSTANCE: "other"}, "not a kiisrv"),
+        ("Labels", {LABEL_INSTANCE: "kiisrv"}, "not a kiisrv build container"),
+        ("Entrypoint", ["sh", "-c", "id"], "Entrypoint"),
+        ("Volumes", {"/data": {}}, "Volumes"),
+        ("NetworkingConfig", {"EndpointsConfig": {"bridge": {}}}, "NetworkingConfig"),
+        ("Healthcheck", {"Test": ["CMD", "true"]}, "Healthcheck"),
+        ("HostConfig", None, "NetworkMode"),
+        ("HostConfig", ["not", "an", "object"], "HostConfig"),
+    ],
+)
+def test_config_refused(body: dict[str, Any], key: str, value: object, match: str) -> None:
+    body[key] = value
+    refused(body, match)
+
+
+def test_a_body_that_is_not_an_object_is_refused() -> None:
+    refused([], "object")
+
+
+def test_an_empty_alias_of_a_checked_key_does_not_reach_the_engine(
+    body: dict[str, Any],
+) -> None:
+    """Go's JSON matches keys without case: a later "networkmode": "" would undo "none"."""
+    body["HostConfig"]["networkmode"] = ""
+    body["user"] = ""
+    forwarded = check_create(body, POLICY)
+    assert "networkmode" not in forwarded["HostConfig"] and "user" not in forwarded
+
+
+def test_a_root_build_user_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="KIISRV_BUILD_USER"):
+        policy_of(SETTINGS.replace(build_user=""))
+    with pytest.raises(ValueError, match="KIISRV_BUILD_USER"):
+        policy_of(SETTINGS.replace(build_user="0:0"))
+
+
+def test_the_bind_roots_default_to_the_servers_folders() -> None:
+    assert POLICY.bind_roots == (
+        PurePosixPath("/var/lib/kiisrv/config"),
+        PurePosixPath("/var/lib/kiisrv/builds"),
+    )
+    local = policy_of(Settings(data_dir=Path("/srv/data")))
+    assert local.bind_roots == (
+        PurePosixPath("/srv/data/config"),
+        PurePosixPath("/srv/data/builds"),
+    )
+    assert local.instances == {"kiisrv"}
+    assert policy_of(SETTINGS.replace(proxy_bind_roots="/a, /b")).bind_roots == (
+        PurePosixPath("/a"),
+        PurePosixPath("/b"),
+    )
+
+
+# -- paths -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kind"),
+    [
+        ("GET", "/_ping", Kind.PASS),
+        ("HEAD", "/_ping", Kind.PASS),
+        ("GET", "/version", Kind.PASS),
+        ("GET", "/v1.41/images/json", Kind.PASS),
+        ("GET", "/v1.41/images/kiisrv-controller-057:latest/json", Kind.PASS),
+        ("GET", "/v1.41/containers/json", Kind.LIST),
+        ("POST", "/v1.41/containers/create", Kind.CREATE),
+        ("POST", "/v1.41/containers/abc123/start", Kind.CONTAINER),
+        ("POST", "/v1.41/containers/abc123/wait", Kind.CONTAINER),
+        ("POST", "/v1.41/containers/abc123/kill", Kind.CONTAINER),
+        ("GET", "/v1.41/containers/abc123/logs", Kind.CONTAINER),
+        ("GET", "/v1.41/containers/kiisrv-build-0123-x1/json", Kind.CONTAINER),
+        ("DELETE", "/v1.41/containers/abc123", Kind.CONTAINER),
+    ],
+)
+def test_routes_a_build_needs(method: str, path: str, kind: Kind) -> None:
+    call = route(method, path)
+    assert call.kind is kind and call.path == path
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/info"),
+        ("GET", "/v1.41/volumes"),
+        ("POST", "/v1.41/images/create"),
+        ("POST", "/v1.41/build"),
+        ("POST", "/v1.41/images/load"),
+        ("POST", "/v1.41/images/kiisrv-controller-057:latest/tag"),
+        ("DELETE", "/v1.41/images/kiisrv-controller-057:latest"),
+        ("POST", "/v1.41/containers/abc/exec"),
+        ("POST", "/v1.41/containers/abc/update"),
+        ("POST", "/v1.41/containers/abc/attach"),
+        ("PUT", "/v1.41/containers/abc/archive"),
+        ("GET", "/v1.41/containers/abc/archive"),
+        ("POST", "/v1.41/containers/abc/rename"),
+        ("POST", "/v1.41/networks/create"),
+        ("GET", "/v1.41/swarm"),
+        ("GET", "/v1.41/containers/json/../../info"),
+        ("GET", "/v1.41/containers/../json"),
+        ("GET", "/v1.41//containers/json"),
+        ("GET", "/v1.41/images/../containers/abc/archive/json"),
+        ("POST", "/v1.23/containers/abc/start"),  # took a HostConfig body then
+        ("GET", "/v1.41/containers/json/json"),
+        ("POST", "/v1.41/containers/abc/start/x"),
+        ("GET", "/v1.41/containers/create"),
+        ("DELETE", "/v1.41/containers/abc/json"),
+    ],
+)
+def test_other_routes_refused(method: str, path: str) -> None:
+    with pytest.raises(Refused):
+        route(method, path)
+
+
+# -- the container list ----------------------------------------------------------------
+
+
+def test_the_list_asks_the_engine_for_kiisrv_containers_only() -> None:
+    query = list_query([("all", "1"), ("filters", json.dumps({"label": ["x=y"]}))])
+    filters = json.loads(dict(query)["filters"])
+    assert dict(query)["all"] == "1"
+    assert filters["label"] == ["x=y", f"{LABEL_MANAGED}=1"]
+    assert json.loads(dict(list_query([]))["filters"]) == {"label": [f"{LABEL_MANAGED}=1"]}
+
+
+def test_the_list_answer_keeps_the_configured_instances() -> None:
+    mine = {"Id": "a", "Labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "kiisrv-worker"}}
+    other = {"Id": "b", "Labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "someone"}}
+    redis = {"Id": "c", "Labels": {}}
+    assert visible([mine, other, redis, {"Id": "d", "Labels": None}], POLICY) == [mine]
