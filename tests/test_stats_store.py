@@ -97,6 +97,7 @@ async def test_the_stats_page_is_the_same_on_sqlite_and_postgres(
     tmp_path: Path, stats_url: str
 ) -> None:
     """The one SQL of ``stats.figures`` gives the same page on both databases."""
+    stock = {"KType-Mine", "Infinity-Mine"}  # MDErgo1-Mine is counted as MDErgo1-(other)
     now = datetime.now(UTC)
     rows = [
         row("1.1.1.1", now, "h1", duration=1000),
@@ -109,12 +110,15 @@ async def test_the_stats_page_is_the_same_on_sqlite_and_postgres(
         storage = Storage(tmp_path / f"{bool(url)}.db", tmp_path / "config.db", url)
         try:
             storage.record_requests(rows)
-            pages.append((stats.summary(storage), stats.figures(storage)))
+            pages.append((stats.summary(storage, stock), stats.figures(storage, stock)))
         finally:
             storage.close()
     assert pages[0] == pages[1]
     assert pages[0][0].startswith("Builds: 4 (3 unique)\nCache ratio: 1.3\nAvg time: 2.167 s\n")
-    assert 'Keyboard Counts: {\n    "KType-Mine": 2,\n    "Infinity-Mine": 1,\n' in pages[0][0]
+    assert (
+        'Keyboard Counts: {\n    "KType-Mine": 2,\n    "Infinity-Mine": 1,\n'
+        '    "MDErgo1-(other)": 1,\n}' in pages[0][0]
+    )
 
 
 async def test_privacy_migration_and_retention_on_postgres(

@@ -61,11 +61,13 @@ def _record(s: Storage, ip: str, ua_os: str, web: bool, h: str, dur: int | None)
 
 def test_stats_page(tmp_path: Path) -> None:
     s = open_storage(tmp_path)
-    assert stats.summary(s).startswith("Builds: 0 (0 unique)\nCache ratio: 0.0\n")
+    assert stats.summary(s, {"KType-Standard"}).startswith(
+        "Builds: 0 (0 unique)\nCache ratio: 0.0\n"
+    )
     _record(s, "1.1.1.1", "Linux", True, "h1", 1000)
     _record(s, "1.1.1.1", "Linux", True, "h1", None)
     _record(s, "2.2.2.2", "Windows", False, "h2", 3000)
-    assert stats.summary(s) == (
+    assert stats.summary(s, {"KType-Standard"}) == (
         "Builds: 3 (2 unique)\n"
         "Cache ratio: 1.5\n"
         "Avg time: 2.000 s\n\n"

@@ -259,14 +259,40 @@ def create_app(settings: Settings) -> FastAPI:
     async def statistics() -> str:
         """Request statistics as plain text, as the reference server printed them."""
         await server.stats.flush()
-        return await stats.render(server.storage)
+        return await stats.render(server.storage, server.layouts)
 
     async def status_page() -> HTMLResponse:
-        """What is building, what was built, and the statistics as charts."""
+        """What is building, what was built, and the statistics as charts; no build named."""
         return HTMLResponse(status.render(await status.collect(server)))
 
     app.add_api_route("/status", status_page, methods=["GET"], response_class=HTMLResponse)
     app.add_api_route("/", status_page, methods=["GET"], include_in_schema=False)
+
+    def operator_only(request: Request) -> None:
+        """The detailed status is the holder of ``KIISRV_STATUS_TOKEN``'s alone: without
+        a token set it does not exist (404); without the token it asks for it (401)."""
+        token = settings.status_token
+        if token is None:
+            raise NotFound(f"no route {request.method} {request.url.path}")
+        given = request.headers.get("authorization", "")
+        if not status.token_matches(token.get_secret_value(), given):
+            raise HTTPException(
+                401,
+                "the detailed status needs the status token: Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": status.REALM},
+            )
+
+    @app.get("/status/detail", response_class=HTMLResponse, include_in_schema=False)
+    async def status_detail(request: Request) -> HTMLResponse:
+        """The status page with each build's hash, layout and log (the operator's)."""
+        operator_only(request)
+        return HTMLResponse(status.render(await status.collect(server, detailed=True), "../"))
+
+    @app.get("/status/detail.json", include_in_schema=False)
+    async def status_detail_json(request: Request) -> dict[str, Any]:
+        """The detailed status page's figures (the operator's)."""
+        operator_only(request)
+        return (await status.collect(server, detailed=True)).as_json()
 
     @app.get("/metrics")
     async def metrics_page() -> Response:
@@ -277,11 +303,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def stats_json() -> dict[str, Any]:
         """The figures of ``/stats``."""
         await server.stats.flush()
-        return await server.storage.run(stats.figures, server.storage)
+        return await stats.as_json(server.storage, server.layouts)
 
     @app.get("/status.json")
     async def status_json() -> dict[str, Any]:
-        """The status page's figures."""
+        """The status page's figures; no build named."""
         return (await status.collect(server)).as_json()
 
     @app.get("/static/{name}")

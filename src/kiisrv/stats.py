@@ -7,6 +7,10 @@ counts every request answered so far. The rows live where ``storage.requests`` k
 them: this server's SQLite, or the PostgreSQL all API servers share. Counts are computed in SQL
 so the page stays cheap with a large table; the count blocks are printed the way the
 reference (Rust ``{:#?}`` of a map) printed them.
+
+The page is public, so it counts keyboards by stock layout only: a layout name the
+layouts folder does not have (one the user typed, ``Ada's travel board``) may name
+its author, and is counted as ``<keyboard>-(other)``.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from kiisrv.errors import KiisrvError
+from kiisrv.layouts import LayoutStore
 from kiisrv.storage import RequestRecord, Storage
 
 log = logging.getLogger("kiisrv.stats")
@@ -27,6 +34,8 @@ FLUSH_EVERY = 0.5  # seconds
 FLUSH_AT = 512  # rows
 # Rows kept for another try while the database cannot be written (about 300 bytes each).
 MAX_PENDING = 200_000
+# What a layout name outside the layouts folder is counted as (no file name holds "()").
+OTHER = "(other)"
 
 
 class StatsRecorder:
@@ -107,22 +116,47 @@ def _rust_float(x: float) -> str:
     return str(int(x)) if x == int(x) else repr(x)
 
 
-async def render(storage: Storage) -> str:
-    """The page, its five aggregate scans on the storage thread."""
-    return await storage.run(summary, storage)
+def stock_layouts(layouts: LayoutStore) -> frozenset[str]:
+    """``<keyboard>-<layout>`` of every file of the layouts folder, also under the
+    keyboards' aliases (``K-Type-Standard``), which ``/stats`` may name (blocking)."""
+    names = {p.name.removesuffix(".json") for p in layouts.root.glob("*.json")}
+    for alias, board in layouts.board_aliases().items():
+        names |= {alias + n[len(board) :] for n in names if n.startswith(f"{board}-")}
+    return frozenset(names)
 
 
-def figures(storage: Storage) -> dict[str, Any]:
-    """The figures of ``/stats`` (blocking: five aggregate scans of Requests)."""
+async def render(storage: Storage, layouts: LayoutStore) -> str:
+    """The page, its aggregate scans on the storage thread."""
+    return await storage.run(lambda: summary(storage, stock_layouts(layouts)))
+
+
+async def as_json(storage: Storage, layouts: LayoutStore) -> dict[str, Any]:
+    """The figures of the page, for ``/stats.json``."""
+    return await storage.run(lambda: figures(storage, stock_layouts(layouts)))
+
+
+def figures(storage: Storage, stock: Collection[str]) -> dict[str, Any]:
+    """The figures of ``/stats`` (blocking: aggregate scans of Requests); layouts not in
+    ``stock`` are counted as ``<keyboard>-(other)``."""
     total, unique, users, layers, durations = storage.query_requests(
         "SELECT COUNT(*), COUNT(DISTINCT hash), COUNT(DISTINCT ip_addr),"
         " COALESCE(SUM(layers), 0), COALESCE(SUM(build_duration), 0) FROM Requests"
     )[0]
 
-    def counts(expr: str) -> list[tuple[str, int]]:
+    def ordered(counts: Counter[str]) -> list[tuple[str, int]]:
         # Ties are ordered here, not in SQL: Postgres would sort by its locale's collation.
+        return sorted(counts.items(), key=lambda kn: (-kn[1], kn[0]))
+
+    def counts(expr: str) -> list[tuple[str, int]]:
         rows = storage.query_requests(f"SELECT {expr} AS k, COUNT(*) FROM Requests GROUP BY k")
-        return sorted(((str(k), int(n)) for k, n in rows), key=lambda kn: (-kn[1], kn[0]))
+        return ordered(Counter({str(k): int(n) for k, n in rows}))
+
+    keyboards: Counter[str] = Counter()
+    for board, variant, n in storage.query_requests(
+        "SELECT board, variant, COUNT(*) FROM Requests GROUP BY board, variant"
+    ):
+        name = f"{board}-{variant}"
+        keyboards[name if name in stock else f"{board}-{OTHER}"] += int(n)
 
     return {
         "builds": int(total),
@@ -134,14 +168,14 @@ def figures(storage: Storage) -> dict[str, Any]:
         "avg_layers": layers / total if total else 0.0,
         "os": counts("os"),
         "platform": counts("CASE web WHEN 1 THEN 'Web' ELSE 'Desktop' END"),
-        "keyboard": counts("board || '-' || variant"),
+        "keyboard": ordered(keyboards),
         "version": counts("container"),
     }
 
 
-def summary(storage: Storage) -> str:
+def summary(storage: Storage, stock: Collection[str]) -> str:
     """The page itself, as the reference printed it (blocking: see ``render``)."""
-    f = figures(storage)
+    f = figures(storage, stock)
     return (
         f"Builds: {f['builds']} ({f['unique']} unique)\n"
         f"Cache ratio: {f['cache_ratio']:.1f}\n"
