@@ -84,13 +84,9 @@ def deployment(
     proxy_tag = f"{docker_settings.instance}-socket-proxy:latest"
     context = tmp_path / "context"
     build_server_image(docker_client, context, server_tag)
-    docker_client.images.build(
-        path=str(context),
-        dockerfile="docker/socket-proxy/Dockerfile",
-        tag=proxy_tag,
-        rm=True,
-        forcerm=True,
-    )
+    # The proxy is the server image run as `kiisrv socket-proxy` (compose builds it from
+    # the same Dockerfile under its own tag).
+    docker_client.images.get(server_tag).tag(proxy_tag)
 
     # Move the images as to an offline host.
     tags = [server_tag, proxy_tag] + [f"{TEST_IMAGE_PREFIX}{c}:latest" for c in TEST_CONTAINERS]
@@ -164,8 +160,10 @@ def test_compose_deployment_from_loaded_images(
     services = {c.labels["com.docker.compose.service"]: c for c in running}
     assert set(services) == {"kiisrv", "socket-proxy"}
     server = services["kiisrv"]
-    # Only the proxy holds the socket.
+    # Only the proxy holds the socket; it reads it as root with no capability at all.
     assert not [m for m in server.attrs["Mounts"] if m["Destination"].endswith("docker.sock")]
+    proxy = services["socket-proxy"].attrs["HostConfig"]
+    assert proxy["ReadonlyRootfs"] and proxy["CapDrop"] == ["ALL"], proxy
     for _ in range(240):
         server.reload()
         if server.attrs["State"]["Health"]["Status"] == "healthy":
