@@ -50,10 +50,22 @@ ls -l "${KLL_DIR}" 2>&1 | tee -a "$LOG"
 say "------------------------"
 
 link_kll_cache
-# A ccache volume made by an older image (root-owned) would fail every build: go without.
-if [ -n "${CCACHE_DIR:-}" ] && ! touch "${CCACHE_DIR}/.kiisrv-write-test" 2>/dev/null; then
-	say "warning: ${CCACHE_DIR} is not writable by uid $(id -u); building without ccache"
-	export CCACHE_DISABLE=1
+# The shared ccache. A build whose inputs a client chose gets it read-only (mounted so,
+# with CCACHE_READONLY=1 and CCACHE_TEMPDIR outside it): ccache still serves its hits.
+# A build that writes it needs it writable: a volume made by an older image (root-owned)
+# would fail every such build, so go without; likewise when it cannot even be read.
+if [ -n "${CCACHE_DIR:-}" ]; then
+	if [ "${CCACHE_READONLY:-}" = 1 ]; then
+		if [ -r "$CCACHE_DIR" ] && [ -x "$CCACHE_DIR" ]; then
+			say " @@@@@ Ccache=read-only"
+		else
+			say "warning: ${CCACHE_DIR} is not readable by uid $(id -u); building without ccache"
+			export CCACHE_DISABLE=1
+		fi
+	elif ! touch "${CCACHE_DIR}/.kiisrv-write-test" 2>/dev/null; then
+		say "warning: ${CCACHE_DIR} is not writable by uid $(id -u); building without ccache"
+		export CCACHE_DISABLE=1
+	fi
 fi
 
 inputs=("${KLL_DIR}"/*.kll)

@@ -56,15 +56,25 @@ def _host_path(local: Path, host: Path | None) -> PurePosixPath:
     return PurePosixPath(host if host is not None else local.absolute())
 
 
-def build_mounts(settings: Settings, job_dir: str) -> list[MountSpec]:
-    """The KLL folder read-only, a private output folder, and the shared ccache."""
+def build_mounts(settings: Settings, job_dir: str, *, seed_ccache: bool = False) -> list[MountSpec]:
+    """The KLL folder read-only, a private output folder, and the shared ccache.
+
+    The ccache is writable only for a build that seeds it (``Plan.seeds_cache``: inputs
+    the server chose), else read-only: an object a request could leave there would be
+    linked into other users' firmware. Read-only is the default a caller gets.
+    """
     config = _host_path(settings.config_dir, settings.host_tmp_config)
     builds = _host_path(settings.builds_dir, settings.host_tmp_builds)
     return [
         MountSpec(str(config / job_dir), f"{IN_DIR}/{job_dir}", read_only=True),
         MountSpec(str(builds / WORK_SUBDIR / job_dir), OUT_DIR, read_only=False),
-        MountSpec(settings.ccache_volume, CCACHE_DIR, read_only=False, type="volume"),
+        MountSpec(settings.ccache_volume, CCACHE_DIR, read_only=not seed_ccache, type="volume"),
     ]
+
+
+# ccache on a read-only folder (ccache(1), read_only): hits as usual, nothing added, its
+# temporary files in /tmp, and no statistics (each compile would try to lock them).
+CCACHE_READ_ONLY_ENV = {"CCACHE_READONLY": "1", "CCACHE_TEMPDIR": "/tmp", "CCACHE_NOSTATS": "1"}
 
 
 def build_container_spec(
@@ -76,6 +86,7 @@ def build_container_spec(
     zip_name: str,
     environment: dict[str, str],
     suffix: str,
+    seed_ccache: bool = False,
 ) -> ContainerSpec:
     env = {
         **environment,
@@ -83,13 +94,14 @@ def build_container_spec(
         "CCACHE_DIR": CCACHE_DIR,
         "IN_DIR": IN_DIR,
         "OUT_DIR": OUT_DIR,
+        **({} if seed_ccache else CCACHE_READ_ONLY_ENV),
     }
     return ContainerSpec(
         name=f"{settings.instance}-build-{job_hash[:16]}-{suffix}",
         image=image,
         command=[script, job_hash, zip_name],
         environment=env,
-        mounts=build_mounts(settings, job_hash),
+        mounts=build_mounts(settings, job_hash, seed_ccache=seed_ccache),
         labels={
             LABEL_MANAGED: "1",
             LABEL_INSTANCE: settings.instance,

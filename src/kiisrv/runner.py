@@ -62,6 +62,7 @@ class Runner:
             zip_name=f"{job.stem}.zip",
             environment=plan.params.environment(),
             suffix=secrets.token_hex(3),
+            seed_ccache=plan.seeds_cache,
         )
         cid = await self.engine.start(spec)
         on_container(cid)

@@ -47,6 +47,10 @@ IGNORED_ENV: Mapping[str, str] = {
     "_": "the shell's last command",
     "CCACHE_DIR": "where ccache keeps objects; never part of an output",
     "CCACHE_DISABLE": "ccache on or off; ccache returns what the compiler would",
+    # Set for builds that may only read the shared ccache (containers.py).
+    "CCACHE_READONLY": "ccache adds nothing; it returns what the compiler would",
+    "CCACHE_TEMPDIR": "where ccache keeps its temporary files",
+    "CCACHE_NOSTATS": "whether ccache counts hits",
     "KIISRV_WARM": "build.sh's switch for warm trees",
     "KIISRV_WARMING": "set while the image builds its trees",
     "KIISRV_CONFIGURE_PROBE": "the probe's own output file",
