@@ -13,6 +13,7 @@ import os
 import pickle
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,9 @@ def test_a_plan_round_trips_and_any_change_to_it_is_refused() -> None:
     plan = wire.plan_from_record(record, "local-image")
     assert plan.files == _plan().files and plan.params == _plan().params
     assert plan.target.image == "local-image" and plan.job.stem == f"KType-Mine-{HASH}"
+    assert not plan.seeds_cache
+    seeding = replace(_plan(), seeds_cache=True)
+    assert wire.plan_from_record(w.open_plan(HASH, *w.seal_plan(seeding)), "i").seeds_cache
 
     tampered = payload.replace('U\\"B\\"', 'U\\"C\\"')
     assert tampered != payload
@@ -157,6 +161,7 @@ def test_a_plan_round_trips_and_any_change_to_it_is_refused() -> None:
         {"params": ["ktype.bash", False, "a\nb", "", ""]},
         {"image_id": "busybox:latest"},
         {"extra": 1},
+        {"seeds_cache": "yes"},
     ],
 )
 def test_a_signed_plan_of_the_wrong_shape_is_refused(change: dict[str, Any]) -> None:
@@ -262,3 +267,10 @@ def test_a_queue_without_secrets_is_refused_at_start(
 def test_a_queue_with_its_secrets_is_accepted(url: str) -> None:
     s = Settings.from_env({"KIISRV_QUEUE_URL": url, "KIISRV_QUEUE_KEY": QUEUE_KEY})
     assert s.queue_key is not None and QUEUE_KEY not in repr(s)
+
+
+def test_a_refused_secret_is_not_printed() -> None:
+    """Start-up errors go to logs: the message names the variable, not its value."""
+    with pytest.raises(ValueError) as refused:
+        Settings.from_env({"KIISRV_QUEUE_URL": "redis://127.0.0.1/0", "KIISRV_QUEUE_KEY": "s3cr"})
+    assert "KIISRV_QUEUE_KEY" in str(refused.value) and "s3cr" not in str(refused.value)

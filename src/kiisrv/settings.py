@@ -314,7 +314,8 @@ class Settings(BaseSettings):
             return cls(**values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{_where(e['loc'])}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+                f"{_where(e['loc'])}={_shown(e['loc'], e.get('input'))}: {e['msg']}"
+                for e in exc.errors()
             )
             raise ValueError(f"invalid setting: {problems}") from None
 
@@ -380,6 +381,13 @@ def _bool(raw: str) -> bool | str:
     """The words pydantic takes for a boolean; anything else is left for it to refuse."""
     low = raw.strip().lower()
     return True if low in _TRUE else False if low in _FALSE else raw
+
+
+def _shown(loc: tuple[int | str, ...], value: Any) -> str:
+    """The refused value, unless it is a secret: start-up errors end up in logs."""
+    field = Settings.variables().get(str(loc[0]) if loc else "")
+    secret = field is not None and "SecretStr" in str(Settings.model_fields[field].annotation)
+    return "(secret, not shown)" if secret else repr(value)
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

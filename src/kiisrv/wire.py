@@ -139,6 +139,9 @@ class PlanRecord(_Strict):
     layout_json: Annotated[str, StringConstraints(max_length=_MAX_FILE)]
     board: _FilePart
     variant: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\- ]{0,255}$")]
+    # Decided by the API server from the stock layouts (planner.seeds_cache); trusted
+    # because it is signed: a worker has no layouts folder to decide it again.
+    seeds_cache: bool = False
 
 
 class _Release(_Strict):
@@ -190,7 +193,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 def _parse(model: type[_M], raw: str | bytes) -> _M:
     try:
-        return model.model_validate_json(raw, strict=False)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         raise Forged(f"{model.__name__}: {exc.error_count()} invalid field(s)") from None
 
@@ -217,6 +220,7 @@ class Wire:
                 "layout_json": plan.layout_json.decode(),
                 "board": plan.board,
                 "variant": plan.variant,
+                "seeds_cache": plan.seeds_cache,
             }
         )
         return payload, self.sealer.seal("job", plan.job.hash.encode(), payload.encode())
@@ -280,6 +284,7 @@ def plan_from_record(record: PlanRecord, image: str) -> Plan:
         layout_json=record.layout_json.encode(),
         board=record.board,
         variant=record.variant,
+        seeds_cache=record.seeds_cache,
     )
 
 
