@@ -67,10 +67,14 @@ def fewer_kinds(doc: dict[str, Any], n: int) -> dict[str, Any]:
 
 @asynccontextmanager
 async def server(
-    image: str, layouts: Path, cpus: str, name: str, max_builds: int = 10
+    image: str, layouts: Path, cpus: str, name: str, max_builds: int = 10, src: Path | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """`kiisrv serve` on the images of ``image``'s prefix and tag, in a data folder of its
-    own; its containers and ccache volume are removed afterwards (also bench/random_layouts.py)."""
+    own; its containers and ccache volumes are removed afterwards (also bench/random_layouts.py).
+
+    ``src``: the ``src`` folder of another kiisrv checkout (``git worktree add``) to run
+    instead of this one, for a before/after of server code and image together.
+    """
     repo, _, tag = image.partition(":")
     prefix = repo.rsplit("controller-", 1)[0]
     data = Path(tempfile.mkdtemp(prefix=f"kiisrv-bench-{name}-"))
@@ -90,6 +94,9 @@ async def server(
         "KIISRV_CCACHE_VOLUME": f"kiisrvbench{name}-ccache",
         "KIISRV_BUILD_CPUS": cpus,
         "KIISRV_MAX_BUILDS": str(max_builds),
+        # The bench's "new client" requests name their client in X-Forwarded-For.
+        "KIISRV_TRUSTED_PROXIES": "127.0.0.1",
+        **({"PYTHONPATH": str(src)} if src else {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "kiisrv", "serve"],
@@ -114,14 +121,19 @@ async def server(
             all=True, filters={"label": f"io.kiisrv.instance=kiisrvbench{name}"}
         ):
             c.remove(force=True)
-        with suppress(docker.errors.NotFound):
-            client.volumes.get(f"kiisrvbench{name}-ccache").remove(force=True)
+        for v in client.volumes.list(filters={"name": f"kiisrvbench{name}-ccache"}):
+            with suppress(docker.errors.APIError):
+                v.remove(force=True)
 
 
-async def build(http: httpx.AsyncClient, doc: dict[str, Any]) -> tuple[float, str]:
-    """Seconds from request to zip downloaded, and the build log."""
+async def build(
+    http: httpx.AsyncClient, doc: dict[str, Any], client: str | None = None
+) -> tuple[float, str]:
+    """Seconds from request to zip downloaded, and the build log; ``client``: the
+    address the request comes from (behind the trusted proxy 127.0.0.1)."""
     t = time.perf_counter()
-    r = await http.post("/", json={"config": doc, "env": "latest"})
+    headers = {"X-Forwarded-For": client} if client else {}
+    r = await http.post("/", json={"config": doc, "env": "latest"}, headers=headers)
     assert r.status_code == 200, r.text[-2000:]
     name = r.json()["filename"].rsplit("/", 1)[1]
     z = await http.get(f"/tmp/{name}")
@@ -155,33 +167,40 @@ FAMILIES = {
 async def families(args: argparse.Namespace) -> None:
     """Median per family, both images side by side (taking turns), same server code."""
     lines = [
-        "| family (layout) | before | after | how the after builds ran |",
-        "|---|---|---|---|",
+        "| family (layout) | before | after | after, a new client | how the after builds ran |",
+        "|---|---|---|---|---|",
     ]
     async with (
-        server(args.before, args.layouts, "0", "before") as before,
+        server(args.before, args.layouts, "0", "before", src=args.before_src) as before,
         server(args.after, args.layouts, "0", "after") as after,
     ):
-        for family, name in FAMILIES.items():
+        for f, (family, name) in enumerate(FAMILIES.items()):
             doc = json.loads((args.layouts / f"{name}.json").read_bytes())
-            # Warm-up: the first build of a family fills the ccache with its objects.
-            await build(before, variant(doc, 0))
-            await build(after, variant(doc, 0))
-            times: dict[str, list[float]] = {"before": [], "after": []}
+            # Warm-up: the stock layout (what `kiisrv canary` or any user downloading it
+            # builds), then the client's first edit, which fills the ccache it writes.
+            for http in (before, after):
+                await build(http, doc)
+                await build(http, variant(doc, 0))
+            times: dict[str, list[float]] = {"before": [], "after": [], "new": []}
             how: list[str] = []
             phases: list[str] = []
             for i in range(1, args.runs + 1):
-                for label, http in (("before", before), ("after", after)):
-                    took, log = await build(http, variant(doc, i))
+                runs = [("before", before, None), ("after", after, None)]
+                # Someone else's first edit of this layout: on a shared writable ccache
+                # it hit this client's objects; on a per-client one it cannot.
+                runs.append(("new", after, f"198.51.{f}.{i}"))
+                for label, http, client in runs:
+                    took, log = await build(http, variant(doc, i + 100 * (label == "new")), client)
                     times[label].append(took)
                     if label == "after":
                         how += re.findall(r"@@@@@ Build=(\w+)", log)
                         phases = re.findall(r"@@@@@ (?:Prepared|Phases).*", log)
-            b, a = times["before"], times["after"]
+            b, a, n = times["before"], times["after"], times["new"]
             line = (
                 f"| {family} ({name}) | {statistics.median(b):.2f} s "
                 f"({min(b):.2f}-{max(b):.2f}) | **{statistics.median(a):.2f} s** "
-                f"({min(a):.2f}-{max(a):.2f}) | {', '.join(sorted(set(how)))}; "
+                f"({min(a):.2f}-{max(a):.2f}) | {statistics.median(n):.2f} s "
+                f"({min(n):.2f}-{max(n):.2f}) | {', '.join(sorted(set(how)))}; "
                 f"{'; '.join(phases)} |"
             )
             print(line, flush=True)
@@ -190,7 +209,8 @@ async def families(args: argparse.Namespace) -> None:
         header = (
             "# Real firmware builds per keyboard family\n\n"
             f"Command: `.venv/bin/python bench/bench_real.py --families --layouts {args.layouts} "
-            f"--before {args.before} --after {args.after} --runs {args.runs} --out {args.out}`\n"
+            f"--before {args.before} --after {args.after} --runs {args.runs} --out {args.out}"
+            f"{f' --before-src {args.before_src}' if args.before_src else ''}`\n"
             f"Machine: {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d')}. Medians of "
             f"{args.runs} one-key changes (n={args.runs}, min-max in brackets), request to zip "
             "downloaded, both servers taking turns, no CPU quota.\n\n"
@@ -274,4 +294,10 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--families", action="store_true", help="one-key change per keyboard family")
+    p.add_argument(
+        "--before-src",
+        type=Path,
+        default=None,
+        help="the src folder of an older checkout (git worktree) to serve --before with",
+    )
     asyncio.run(main(p.parse_args()))
