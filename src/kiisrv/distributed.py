@@ -49,7 +49,7 @@ from redis.exceptions import RedisError
 from kiisrv.artifacts import write_bytes
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
-from kiisrv.errors import EngineNotFound, KiisrvError, Unavailable
+from kiisrv.errors import EngineError, KiisrvError, Unavailable
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.queue import InFlight, InFlightQueue
@@ -137,6 +137,13 @@ class WorkerCatalog(Catalog):
             if self._fetched:  # a request then learns of the outage from the queue (503)
                 return self._available
             raise _unreachable(self.settings) from None
+        if not adverts:
+            # A rolling restart or a Redis blip lapses every lease at once: the versions
+            # still exist, no one builds them right now. Was 400 UnknownVersion.
+            raise Unavailable(
+                "no build worker is running; try again in a moment",
+                retry_after=max(1, round(self.settings.worker_lease)),
+            )
         versions = await self.storage.run(self.storage.versions)
         self._available = join_adverts(versions, adverts, self.image_name)
         self._at = time.monotonic()
@@ -243,8 +250,8 @@ class RedisQueue(InFlightQueue):
         hash_ = plan.job.hash
         try:
             found = await self._result(hash_)
-            if found:
-                return found
+            if found and not found[0].retry_later:
+                return found  # a fault (from a worker of an older release) is no result
             payload, signature = self.wire.seal_plan(plan)
             await self.redis.enqueue_job(
                 BUILD_FUNCTION,
@@ -418,28 +425,46 @@ class BuildWorker:
             output = b""
             try:
                 output = await self.runner.execute(plan, self._slots, lambda cid: None)
-            except Unavailable as exc:
+            except (Unavailable, EngineError) as exc:
+                # A fault of this host or its engine (unreachable, an error answer, the
+                # image gone), not of the layout: tried again, here or on another worker,
+                # at most KIISRV_BUILD_TRIES times, then the request gets a 503. Published
+                # as a failed build it was every API server's 422 for the result's TTL.
                 log.warning("worker %s: build %s: %s; retrying", self.id, hash_, exc.message)
-                await self.runner.finish(plan, output)
-                raise Retry(defer=1) from exc
-            except EngineNotFound as exc:  # the image went away under us
-                await self.runner.finish(plan, output)
+                await self._discard(plan, output)
                 raise Retry(defer=1) from exc
             except KiisrvError as exc:
                 job.error = exc.message
             await self.runner.finish(plan, output)
+            if job.retry_later:  # this host could not store the result (its disk)
+                log.warning("worker %s: build %s: %s; retrying", self.id, hash_, job.error)
+                await self._discard(plan, b"", finished=True)
+                raise Retry(defer=1)
             path = self.settings.builds_dir / job.zip_name
             data = await anyio.to_thread.run_sync(path.read_bytes)
             await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(result_key(hash_))
                 pipe.hset(result_key(hash_), mapping=self.wire.seal_result(job, data))
-                pipe.pexpire(result_key(hash_), int(self.settings.result_ttl * 1000))
+                pipe.pexpire(result_key(hash_), int(self._ttl(job) * 1000))
                 pipe.publish(done_channel(hash_), b"1")
                 await pipe.execute()
             return job.state.value
         finally:
             hold.cancel()
+
+    def _ttl(self, job: Job) -> float:
+        """A build that ran and failed is kept briefly (the layout may be fixed soon, and a
+        failure is cheap to find again); a firmware for the whole result TTL."""
+        s = self.settings
+        return s.result_ttl if job.state is JobState.SUCCEEDED else min(s.result_ttl, s.failed_ttl)
+
+    async def _discard(self, plan: Plan, output: bytes, finished: bool = False) -> None:
+        """Record the try in the worker's own job row, but keep no zip: it is tried again."""
+        if not finished:
+            await self.runner.finish(plan, output)
+        path = self.settings.builds_dir / plan.job.zip_name
+        await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
 
 
 async def signed_result(redis: ArqRedis, wire: Wire, hash_: str) -> tuple[Job, bytes] | None:

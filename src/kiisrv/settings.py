@@ -229,6 +229,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Distributed: seconds a finished build's zip stays in Redis.",
     )
+    failed_ttl: float = Field(
+        300.0,
+        alias="KIISRV_FAILED_RESULT_TTL",
+        gt=0,
+        description="Distributed: seconds a build that ran and failed stays in Redis "
+        "(faults of an engine or a host are never kept: they are tried again).",
+    )
     stats_url: str | None = Field(
         None,
         alias="KIISRV_STATS_URL",
