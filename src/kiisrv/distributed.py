@@ -317,6 +317,7 @@ class BuildWorker:
         self.redis = connect(settings.queue_url)
         self.wire = wire(settings)
         self._slots = asyncio.Semaphore(settings.max_builds)
+        self._claims = asyncio.BoundedSemaphore(settings.max_builds)
         self._queues: dict[str, asyncio.Task[None]] = {}
         self._images: dict[str, str] = {}  # image id -> a local name of it
 
@@ -342,11 +343,12 @@ class BuildWorker:
             self.engine.close()
 
     async def _advertise(self) -> None:
+        listed = True
         try:
             available = await self.catalog.available()
         except KiisrvError as exc:
             log.warning("worker %s: no image list: %s", self.id, exc.message)
-            available = {}
+            available, listed = {}, False
         images: dict[str, dict[str, Any]] = {}
         for a in available.values():
             images.setdefault(a.image_id, {})[a.version.container] = (
@@ -365,6 +367,11 @@ class BuildWorker:
         for image_id in images:
             if image_id not in self._queues:
                 self._queues[image_id] = asyncio.create_task(self._serve(image_id))
+        if listed:  # an image removed (or retagged) here: stop taking its builds
+            for image_id in set(self._queues) - set(images):
+                log.info("worker %s: image %s left; no longer on its queue", self.id, image_id)
+                self._queues.pop(image_id).cancel()
+                self._images.pop(image_id, None)
 
     async def _serve(self, image_id: str) -> None:
         """arq's worker loop on one image's queue, started again after a Redis outage."""
@@ -391,10 +398,23 @@ class BuildWorker:
                 max_tries=s.build_tries,
                 log_results=False,
             )
+            # One semaphore for every image's loop: arq takes a job only once it holds a
+            # place, so the worker claims no more builds than it can start, whatever the
+            # number of images (each loop had max_builds of its own: images x max_builds
+            # claimed, the surplus waiting here on a slot while its job timeout ran, and
+            # no other worker could take them). arq 0.28 names it ``sem``.
+            worker.sem = self._claims
             try:
                 await worker.main()
+            except asyncio.CancelledError:
+                raise
             except RedisError as exc:
                 log.warning("worker %s: queue loop stopped (%s); again in 1 s", self.id, exc)
+                await asyncio.sleep(1)
+            except Exception:  # a bug of ours or arq's: never a queue silently gone
+                log.exception(
+                    "worker %s: queue loop of %s crashed; again in 1 s", self.id, image_id
+                )
                 await asyncio.sleep(1)
 
     async def _hold(self, hash_: str) -> None:
