@@ -333,7 +333,8 @@ def create_app(settings: Settings) -> FastAPI:
         job = await server.status(hash_) if _HASH_RE.match(hash_) else None
         if job is None:
             raise NotFound(f"no build {hash_!r}")
-        return job.as_json()
+        # How many builds start before it (asu's users ask for it most); None unless queued.
+        return {**job.as_json(), "queue_position": await server.queue.position(hash_)}
 
     @app.get("/builds/{hash_}/log", response_class=PlainTextResponse)
     async def build_log(hash_: str) -> PlainTextResponse:

@@ -46,6 +46,10 @@ class BuildQueue(Protocol):
         """The output so far of a running build; None when it is not running."""
         ...
 
+    async def position(self, hash_: str) -> int | None:
+        """Builds waiting ahead of a queued one (0: it starts next); None: not queued."""
+        ...
+
     async def close(self) -> None:
         """Stop the builds in flight; each records its own failure."""
         ...
@@ -78,11 +82,19 @@ class InFlightQueue:
             record = await self._admit(plan)
         return await asyncio.shield(record.future)
 
-    def _waiting(self) -> int:
+    async def _waiting(self) -> int:
         return sum(1 for r in self._inflight.values() if r.job.state is JobState.QUEUED)
 
+    async def position(self, hash_: str) -> int | None:
+        ahead = 0
+        for h, r in self._inflight.items():  # in arrival order, which is the slots' order
+            if h == hash_:
+                return ahead if r.job.state is JobState.QUEUED else None
+            ahead += r.job.state is JobState.QUEUED
+        return None
+
     async def _admit(self, plan: Plan) -> InFlight:
-        waiting = self._waiting()
+        waiting = await self._waiting()
         if waiting >= self.max_queue:
             raise QueueFull(
                 f"{waiting} builds are already waiting; try again in a minute", retry_after=60
