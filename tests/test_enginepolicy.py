@@ -24,9 +24,12 @@ from kiisrv.enginepolicy import (
     Policy,
     Refused,
     check_create,
+    check_volume,
     list_query,
     route,
     visible,
+    visible_volumes,
+    volume_query,
 )
 from kiisrv.settings import Settings
 from kiisrv.socketproxy import policy as policy_of
@@ -341,7 +344,11 @@ def test_routes_a_build_needs(method: str, path: str, kind: Kind) -> None:
     ("method", "path"),
     [
         ("GET", "/info"),
-        ("GET", "/v1.41/volumes"),
+        ("POST", "/v1.41/volumes/create"),
+        ("GET", "/v1.41/volumes/kiisrv-ccache"),
+        ("DELETE", "/v1.41/volumes"),
+        ("DELETE", "/v1.41/volumes/a/b"),
+        ("POST", "/v1.41/volumes/prune"),
         ("POST", "/v1.41/images/create"),
         ("POST", "/v1.41/build"),
         ("POST", "/v1.41/images/load"),
@@ -387,3 +394,77 @@ def test_the_list_answer_keeps_the_configured_instances() -> None:
     other = {"Id": "b", "Labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "someone"}}
     redis = {"Id": "c", "Labels": {}}
     assert visible([mine, other, redis, {"Id": "d", "Labels": None}], POLICY) == [mine]
+
+
+# -- per-client ccache volumes -----------------------------------------------------------
+# Each client's builds write a ccache volume of their own (``<ccache volume>-c<pseudonym>``);
+# the pruner lists and removes them. Nothing else about volumes gets through.
+
+CLIENT_VOLUME = "kiisrv-ccache-c0123456789abcdef0123"
+
+
+def test_a_clients_ccache_volume_passes_in_a_create_body(body: dict[str, Any]) -> None:
+    body["HostConfig"]["Mounts"].append(
+        {"Type": "volume", "Source": CLIENT_VOLUME, "Target": "/mnt/ccache", "ReadOnly": False}
+    )
+    check_create(body, POLICY)
+
+
+@pytest.mark.parametrize(
+    ("source", "extra"),
+    [
+        ("kiisrv-ccache-c", {}),
+        ("kiisrv-ccache-cx", {}),
+        ("kiisrv-ccache-c0123456789abcdef0123x", {}),
+        ("other-ccache-c0123456789abcdef0123", {}),
+        (
+            CLIENT_VOLUME,
+            {"VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"device": "/"}}}},
+        ),
+        (CLIENT_VOLUME, {"VolumeOptions": {"Subpath": "../x"}}),
+    ],
+)
+def test_other_volumes_and_volume_options_are_refused(
+    body: dict[str, Any], source: str, extra: dict[str, Any]
+) -> None:
+    body["HostConfig"]["Mounts"].append(
+        {"Type": "volume", "Source": source, "Target": "/mnt/x", **extra}
+    )
+    refused(body, "ccache|VolumeOptions")
+
+
+def test_the_volume_routes_the_pruner_needs() -> None:
+    assert route("GET", "/v1.41/volumes").kind is Kind.VOLUMES
+    call = route("DELETE", f"/v1.41/volumes/{CLIENT_VOLUME}")
+    assert call.kind is Kind.VOLUME and call.container == CLIENT_VOLUME
+    check_volume(call, POLICY)
+
+
+@pytest.mark.parametrize(
+    "name", ["kiisrv-ccache", "redis-data", "kiisrv-ccache-c0123", "x" + CLIENT_VOLUME]
+)
+def test_only_client_volumes_may_be_removed(name: str) -> None:
+    """The shared ccache (every stock object) and every other volume stay."""
+    with pytest.raises(Refused, match="client ccache"):
+        check_volume(route("DELETE", f"/v1.41/volumes/{name}"), POLICY)
+
+
+def test_the_volume_list_is_narrowed_to_client_volumes() -> None:
+    """The engine's name filter matches substrings: the answer is filtered again."""
+    query = volume_query(
+        [("filters", json.dumps({"name": ["redis"], "dangling": ["true"]}))], POLICY
+    )
+    assert json.loads(dict(query)["filters"]) == {"name": ["kiisrv-ccache-c"]}
+    answer = {
+        "Volumes": [
+            {"Name": CLIENT_VOLUME, "CreatedAt": "2026-12-01T00:00:00Z"},
+            {"Name": "kiisrv-ccache"},
+            {"Name": "x-kiisrv-ccache-c0123456789abcdef0123"},
+            {"Name": "redis-data"},
+        ],
+        "Warnings": None,
+    }
+    assert visible_volumes(answer, POLICY) == {
+        "Volumes": [{"Name": CLIENT_VOLUME, "CreatedAt": "2026-12-01T00:00:00Z"}],
+        "Warnings": None,
+    }

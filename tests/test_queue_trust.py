@@ -132,6 +132,10 @@ def test_a_plan_round_trips_and_any_change_to_it_is_refused() -> None:
     assert not plan.seeds_cache
     seeding = replace(_plan(), seeds_cache=True)
     assert wire.plan_from_record(w.open_plan(HASH, *w.seal_plan(seeding)), "i").seeds_cache
+    assert plan.ccache_client is None
+    mine = replace(_plan(), ccache_client="0123456789abcdef0123")
+    opened = wire.plan_from_record(w.open_plan(HASH, *w.seal_plan(mine)), "i")
+    assert opened.ccache_client == "0123456789abcdef0123"
 
     tampered = payload.replace('U\\"B\\"', 'U\\"C\\"')
     assert tampered != payload
@@ -162,6 +166,12 @@ def test_a_plan_round_trips_and_any_change_to_it_is_refused() -> None:
         {"image_id": "busybox:latest"},
         {"extra": 1},
         {"seeds_cache": "yes"},
+        # The client's cache is a volume name: nothing but the pseudonym gets into it.
+        {"ccache_client": "../../etc"},
+        {"ccache_client": "203.0.113.7"},
+        {"ccache_client": "0123456789abcdef012"},
+        {"ccache_client": "0123456789ABCDEF0123"},
+        {"ccache_client": 12345},
     ],
 )
 def test_a_signed_plan_of_the_wrong_shape_is_refused(change: dict[str, Any]) -> None:

@@ -50,11 +50,15 @@ ls -l "${KLL_DIR}" 2>&1 | tee -a "$LOG"
 say "------------------------"
 
 link_kll_cache
-# The shared ccache. A build whose inputs a client chose gets it read-only (mounted so,
-# with CCACHE_READONLY=1 and CCACHE_TEMPDIR outside it): ccache still serves its hits.
-# A build that writes it needs it writable: a volume made by an older image (root-owned)
-# would fail every such build, so go without; likewise when it cannot even be read.
+# The ccaches (src/kiisrv/containers.py). A build whose inputs a client chose writes its
+# client's own ccache (or a scratch one in /tmp) and reads the shared one as ccache's
+# read-only secondary storage (CCACHE_REMOTE_STORAGE=file:...|read-only, mounted
+# read-only); a stock build writes the shared one. The primary must be writable: a volume
+# made by an older image (root-owned) would fail every build, so go without; likewise
+# when a read-only one (CCACHE_READONLY=1) cannot even be read.
 if [ -n "${CCACHE_DIR:-}" ]; then
+	mkdir -p "$CCACHE_DIR" 2>/dev/null
+	say " @@@@@ Ccache=${CCACHE_DIR}${CCACHE_REMOTE_STORAGE:+ + ${CCACHE_REMOTE_STORAGE}}"
 	if [ "${CCACHE_READONLY:-}" = 1 ]; then
 		if [ -r "$CCACHE_DIR" ] && [ -x "$CCACHE_DIR" ]; then
 			say " @@@@@ Ccache=read-only"

@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from kiisrv import ccache
 from kiisrv.settings import Settings
 
 IN_DIR = "/mnt/config"
 OUT_DIR = "/mnt/builds"
-CCACHE_DIR = "/mnt/ccache"
+CCACHE_DIR = "/mnt/ccache"  # the image's folder (mode 1777): a new volume copies its mode
+SHARED_CCACHE_DIR = "/mnt/ccache-shared"
+SCRATCH_CCACHE_DIR = "/tmp/ccache"  # a build with no ccache of its own: thrown away
 WORK_SUBDIR = ".work"
 
 LABEL_MANAGED = "io.kiisrv.managed"
@@ -56,25 +59,70 @@ def _host_path(local: Path, host: Path | None) -> PurePosixPath:
     return PurePosixPath(host if host is not None else local.absolute())
 
 
-def build_mounts(settings: Settings, job_dir: str, *, seed_ccache: bool = False) -> list[MountSpec]:
-    """The KLL folder read-only, a private output folder, and the shared ccache.
+def build_mounts(
+    settings: Settings,
+    job_dir: str,
+    *,
+    seed_ccache: bool = False,
+    ccache_client: str | None = None,
+) -> list[MountSpec]:
+    """The KLL folder read-only, a private output folder, and the ccaches.
 
-    The ccache is writable only for a build that seeds it (``Plan.seeds_cache``: inputs
-    the server chose), else read-only: an object a request could leave there would be
-    linked into other users' firmware. Read-only is the default a caller gets.
+    The shared ccache is writable only for a build that seeds it (``Plan.seeds_cache``:
+    inputs the server chose), else read-only: an object a request could leave there
+    would be linked into other users' firmware. Read-only is the default a caller gets.
     """
     config = _host_path(settings.config_dir, settings.host_tmp_config)
     builds = _host_path(settings.builds_dir, settings.host_tmp_builds)
     return [
         MountSpec(str(config / job_dir), f"{IN_DIR}/{job_dir}", read_only=True),
         MountSpec(str(builds / WORK_SUBDIR / job_dir), OUT_DIR, read_only=False),
-        MountSpec(settings.ccache_volume, CCACHE_DIR, read_only=not seed_ccache, type="volume"),
+        *ccache_mounts(settings, seed_ccache=seed_ccache, client=ccache_client),
     ]
 
 
-# ccache on a read-only folder (ccache(1), read_only): hits as usual, nothing added, its
-# temporary files in /tmp, and no statistics (each compile would try to lock them).
-CCACHE_READ_ONLY_ENV = {"CCACHE_READONLY": "1", "CCACHE_TEMPDIR": "/tmp", "CCACHE_NOSTATS": "1"}
+def ccache_mounts(settings: Settings, *, seed_ccache: bool, client: str | None) -> list[MountSpec]:
+    """A seeding build: the shared volume, writable, alone: a client's volume (where that
+    client's builds may have left anything) must never feed objects everybody gets.
+    Any other build: the shared volume read-only (the kernel refuses writes, whatever
+    runs in the build), and its client's own volume writable, when it has a client."""
+    shared = settings.ccache_volume
+    if seed_ccache:
+        return [MountSpec(shared, CCACHE_DIR, read_only=False, type="volume")]
+    mounts = [MountSpec(shared, SHARED_CCACHE_DIR, read_only=True, type="volume")]
+    if client is not None and settings.ccache_clients > 0:
+        own = ccache.client_volume(settings, client)
+        mounts.insert(0, MountSpec(own, CCACHE_DIR, read_only=False, type="volume"))
+    return mounts
+
+
+def ccache_environment(
+    settings: Settings, *, seed_ccache: bool, client: str | None
+) -> dict[str, str]:
+    """ccache's settings for the mounts above (ccache 4.7, the images' version).
+
+    The shared volume is ccache's secondary ("remote") file storage for every build:
+    read-only (``|read-only``) for user builds, so ccache serves its hits and copies them
+    into the primary storage. A seeding build writes it in that same layout (remote
+    only: the primary layout is another, which secondary storage cannot read), with its
+    temporary files in /tmp and no statistics. A user build's primary storage is its
+    client's volume, capped at ``KIISRV_CCACHE_CLIENT_SIZE`` (ccache evicts past it),
+    or a scratch folder in /tmp when it has no client.
+    """
+    if seed_ccache:
+        return {
+            "CCACHE_DIR": CCACHE_DIR,
+            "CCACHE_REMOTE_STORAGE": f"file:{CCACHE_DIR}",
+            "CCACHE_REMOTE_ONLY": "1",
+            "CCACHE_TEMPDIR": "/tmp",
+            "CCACHE_NOSTATS": "1",
+        }
+    own = client is not None and settings.ccache_clients > 0
+    return {
+        "CCACHE_DIR": CCACHE_DIR if own else SCRATCH_CCACHE_DIR,
+        "CCACHE_MAXSIZE": settings.ccache_client_size,
+        "CCACHE_REMOTE_STORAGE": f"file:{SHARED_CCACHE_DIR}|read-only",
+    }
 
 
 def build_container_spec(
@@ -87,21 +135,24 @@ def build_container_spec(
     environment: dict[str, str],
     suffix: str,
     seed_ccache: bool = False,
+    ccache_client: str | None = None,
 ) -> ContainerSpec:
     env = {
-        **environment,
+        # ccache's settings are the server's alone: none of the plan's gets through.
+        **{k: v for k, v in environment.items() if not k.startswith("CCACHE_")},
         "HOME": "/tmp",  # writable whatever the uid and the root filesystem
-        "CCACHE_DIR": CCACHE_DIR,
         "IN_DIR": IN_DIR,
         "OUT_DIR": OUT_DIR,
-        **({} if seed_ccache else CCACHE_READ_ONLY_ENV),
+        **ccache_environment(settings, seed_ccache=seed_ccache, client=ccache_client),
     }
     return ContainerSpec(
         name=f"{settings.instance}-build-{job_hash[:16]}-{suffix}",
         image=image,
         command=[script, job_hash, zip_name],
         environment=env,
-        mounts=build_mounts(settings, job_hash, seed_ccache=seed_ccache),
+        mounts=build_mounts(
+            settings, job_hash, seed_ccache=seed_ccache, ccache_client=ccache_client
+        ),
         labels={
             LABEL_MANAGED: "1",
             LABEL_INSTANCE: settings.instance,

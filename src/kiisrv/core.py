@@ -20,13 +20,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
 
-from kiisrv import privacy
+from kiisrv import ccache, privacy
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
 from kiisrv.errors import NotFound, StorageError, Unavailable, UnknownVersion
@@ -35,7 +35,7 @@ from kiisrv.layouts import BaseFile, LayoutStore
 from kiisrv.planner import Plan, Planner
 from kiisrv.queue import BuildQueue, LocalQueue
 from kiisrv.ratelimit import make_limiter
-from kiisrv.retention import PruneResult, prune
+from kiisrv.retention import PruneResult, prune, prune_ccache_volumes
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
 from kiisrv.stats import StatsRecorder
@@ -186,6 +186,9 @@ class Kiisrv:
             plan = self.planner.plan(body, target)
         if client and self.queue.current(plan.job.hash) is None:
             await self.limiter.take(client)
+        if client:  # its own ccache, which its next edits hit (ccache.py)
+            own = ccache.client_of(self.client_key, client, self.settings.rate_limit_ipv6_prefix)
+            plan = replace(plan, ccache_client=own)
         job = await self.queue.submit(plan)
         self._answer(job.hash)
         duration = int((time.monotonic() - started) * 1000)
@@ -291,6 +294,8 @@ class Kiisrv:
                 result = await anyio.to_thread.run_sync(self.prune)
                 if result.removed:
                     log.info("pruned %d builds, %d bytes", result.removed, result.freed_bytes)
+                if not self.settings.queue_url:  # with a queue, the workers' engines have them
+                    await prune_ccache_volumes(self.settings, self.engine)
             except Exception:
                 log.exception("pruning failed; trying again in %g s", self.settings.prune_interval)
             await asyncio.sleep(self.settings.prune_interval)

@@ -53,6 +53,7 @@ from kiisrv.errors import EngineError, KiisrvError, Unavailable
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.queue import InFlight, InFlightQueue
+from kiisrv.retention import prune_ccache_forever
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
 from kiisrv.storage import Storage
@@ -325,11 +326,13 @@ class BuildWorker:
         await self.storage.run(self.storage.seed_versions, DEFAULT_VERSIONS)
         await self.runner.recover()  # this worker's orphan containers, left by a kill
         log.info("worker %s: engine %s, queue %s", self.id, self.settings.docker_url, "redis")
+        pruner = asyncio.create_task(prune_ccache_forever(self.settings, self.engine))
         try:
             while True:
                 await self._advertise()
                 await asyncio.sleep(self.settings.worker_lease / 3)
         finally:
+            pruner.cancel()
             for task in self._queues.values():
                 task.cancel()
             for task in self._queues.values():

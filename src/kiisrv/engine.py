@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 import docker
@@ -56,6 +58,16 @@ def _is_read_timeout(exc: BaseException) -> bool:
     if isinstance(exc, requests.exceptions.ReadTimeout):
         return True
     return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
+
+
+def _epoch(created: object) -> float:
+    """The engine's ``CreatedAt`` (RFC 3339); now when it has none, so nothing unknown
+    looks old enough to remove."""
+    try:
+        seconds = re.sub(r"\.[0-9]+", "", str(created)).replace("Z", "+00:00")
+        return datetime.fromisoformat(seconds).timestamp()
+    except ValueError:
+        return time.time()
 
 
 # Threads beyond one per running build: image lists, logs, starts, removals, pings.
@@ -156,6 +168,32 @@ class Engine:
                 )
             ],
         )
+
+    async def volumes(self, prefix: str) -> dict[str, float]:
+        """Volumes whose name starts with ``prefix`` (never all: the socket proxy lists
+        only per-client ccaches), with when each was created (epoch seconds)."""
+        if not prefix:
+            raise ValueError("a volume list needs a name prefix")
+
+        def fetch(c: DockerClient) -> dict[str, float]:
+            found: dict[str, float] = {}
+            for v in c.api.volumes(filters={"name": prefix}).get("Volumes") or []:
+                name = v.get("Name") or ""
+                if name.startswith(prefix):
+                    found[name] = _epoch(v.get("CreatedAt"))
+            return found
+
+        return await self._call("list volumes", fetch)
+
+    async def remove_volume(self, name: str, prefix: str) -> bool:
+        """Removes one volume of ``prefix``; False when it is in use or already gone."""
+        if not prefix or not name.startswith(prefix):
+            raise ValueError(f"volume {name!r} is not one of {prefix!r}")
+        try:
+            await self._call(f"remove volume {name}", lambda c: c.api.remove_volume(name))
+        except (EngineNotFound, EngineConflict):
+            return False
+        return True
 
     # -- one build -------------------------------------------------------------------
 

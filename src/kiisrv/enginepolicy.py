@@ -27,6 +27,7 @@ from enum import Enum
 from pathlib import PurePosixPath
 from typing import Any
 
+from kiisrv.ccache import is_client_volume_name
 from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED
 
 # Largest create body read (kiisrv's are about 2 KB).
@@ -51,6 +52,8 @@ class Kind(Enum):
     LIST = "list"  # the container list, narrowed to kiisrv's containers
     CREATE = "create"  # the body is checked
     CONTAINER = "container"  # a call on one container: allowed if it is kiisrv's
+    VOLUMES = "volumes"  # the volume list, narrowed to per-client ccaches
+    VOLUME = "volume"  # removing one volume: a per-client ccache only
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class Policy:
     bind_roots: tuple[PurePosixPath, ...]
     volumes: frozenset[str]
     build_user: str
+    # Per-client ccaches (ccache.py): this prefix and a pseudonym. Empty: none.
+    client_volume_prefix: str = ""
 
     def __post_init__(self) -> None:
         if not self.instances:
@@ -105,6 +110,8 @@ _ROUTES: tuple[tuple[frozenset[str], re.Pattern[str], Kind], ...] = tuple(
         (("GET",), rf"/containers/{_CONTAINER}/(json|logs)", Kind.CONTAINER),
         (("POST",), rf"/containers/{_CONTAINER}/(start|wait|kill)", Kind.CONTAINER),
         (("DELETE",), rf"/containers/{_CONTAINER}", Kind.CONTAINER),
+        (("GET",), r"/volumes", Kind.VOLUMES),
+        (("DELETE",), rf"/volumes/{_CONTAINER}", Kind.VOLUME),
     )
 )
 
@@ -332,8 +339,8 @@ def _check_mount(raw: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     if not isinstance(source, str):
         raise Refused("a mount without a source")
     if mount.get("Type") == "volume":
-        if source not in policy.volumes:
-            raise Refused(f"volume {source!r} is not the ccache volume")
+        if source not in policy.volumes and not _client_volume(source, policy):
+            raise Refused(f"volume {source!r} is not the ccache volume or a client ccache")
         return mount
     if mount.get("Type") != "bind":
         raise Refused(f"mount type {mount.get('Type')!r} is not allowed")
@@ -343,3 +350,41 @@ def _check_mount(raw: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     if not any(path != root and path.is_relative_to(root) for root in policy.bind_roots):
         raise Refused(f"bind source {source!r} is outside kiisrv's data folders")
     return mount
+
+
+# -- per-client ccache volumes ---------------------------------------------------------------
+# The pruner lists and removes them (retention.prune_ccache_volumes); build containers
+# mount them by name, without options (_check_mount). No other volume can be listed or
+# removed: the shared ccache holds every stock build's objects.
+
+
+def _client_volume(name: str, policy: Policy) -> bool:
+    prefix = policy.client_volume_prefix
+    return bool(prefix) and is_client_volume_name(prefix, name)
+
+
+def check_volume(call: Call, policy: Policy) -> None:
+    """Refused unless the volume of a DELETE is a per-client ccache."""
+    if call.container is None or not _client_volume(call.container, policy):
+        raise Refused(f"volume {call.container!r} is not a client ccache")
+
+
+def volume_query(query: Sequence[tuple[str, str]], policy: Policy) -> list[tuple[str, str]]:
+    """The volume list's query: the engine asked for client ccaches only, nothing else."""
+    if not policy.client_volume_prefix:
+        raise Refused("no client ccaches in this deployment")
+    return [("filters", json.dumps({"name": [policy.client_volume_prefix]}))]
+
+
+def visible_volumes(answer: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    """The entries of a volume list the caller may see (the engine's name filter
+    matches anywhere in the name)."""
+    volumes = answer.get("Volumes") or []
+    return {
+        "Volumes": [
+            v
+            for v in volumes
+            if isinstance(v, Mapping) and _client_volume(str(v.get("Name", "")), policy)
+        ],
+        "Warnings": answer.get("Warnings"),
+    }

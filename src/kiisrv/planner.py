@@ -48,6 +48,10 @@ class Plan:
     # May this build write the shared ccache? Only when its inputs are the server's own
     # (seeds_cache below); False, the safe side, for a plan made elsewhere without it.
     seeds_cache: bool = False
+    # The pseudonym of the client whose ccache volume this build writes (ccache.py);
+    # None: none, the shared one read-only. Not part of the hash: the same layout from
+    # two clients is one build, in the ccache of whoever asked first.
+    ccache_client: str | None = None
 
     @property
     def layers(self) -> int:

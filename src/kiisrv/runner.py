@@ -21,7 +21,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from kiisrv import diagnose
+from kiisrv import ccache, diagnose
 from kiisrv.artifacts import log_tail, publish, write_zip
 from kiisrv.containers import WORK_SUBDIR, build_container_spec
 from kiisrv.engine import Engine
@@ -63,7 +63,11 @@ class Runner:
             environment=plan.params.environment(),
             suffix=secrets.token_hex(3),
             seed_ccache=plan.seeds_cache,
+            ccache_client=plan.ccache_client,
         )
+        if plan.ccache_client and not plan.seeds_cache and self.settings.ccache_clients:
+            # For the pruner: when this client's volume was last used.
+            await anyio.to_thread.run_sync(ccache.record_use, self.settings, plan.ccache_client)
         cid = await self.engine.start(spec)
         on_container(cid)
         try:

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from kiisrv.ccache import client_volume_prefix
 from kiisrv.enginepolicy import (
     MAX_CREATE_BODY,
     Call,
@@ -30,10 +31,13 @@ from kiisrv.enginepolicy import (
     Policy,
     Refused,
     check_create,
+    check_volume,
     list_query,
     owned,
     route,
     visible,
+    visible_volumes,
+    volume_query,
 )
 from kiisrv.settings import Settings
 
@@ -66,6 +70,7 @@ def policy(settings: Settings) -> Policy:
         bind_roots=tuple(PurePosixPath(r) for r in roots),
         volumes=frozenset([settings.ccache_volume]),
         build_user=settings.build_user,
+        client_volume_prefix=client_volume_prefix(settings),
     )
 
 
@@ -111,6 +116,11 @@ class SocketProxy:
                     return refusal
             if call.kind is Kind.LIST:
                 return await self._list(call, list_query(query))
+            if call.kind is Kind.VOLUMES:
+                return await self._volumes(call, volume_query(query, self.policy))
+            if call.kind is Kind.VOLUME:
+                check_volume(call, self.policy)
+                query = []  # no force: a volume in use stays
             body = None
             if call.kind is Kind.CREATE:
                 body = json.dumps(check_create(await _json(request), self.policy)).encode()
@@ -137,6 +147,12 @@ class SocketProxy:
         if r.status_code != 200:
             return Response(r.content, r.status_code, media_type="application/json")
         return JSONResponse(visible(r.json(), self.policy))
+
+    async def _volumes(self, call: Call, query: Sequence[tuple[str, str]]) -> Response:
+        r = await self.engine.get(call.path, params=list(query))
+        if r.status_code != 200:
+            return Response(r.content, r.status_code, media_type="application/json")
+        return JSONResponse(visible_volumes(r.json(), self.policy))
 
     async def _forward(
         self, method: str, path: str, query: Sequence[tuple[str, str]], body: bytes | None

@@ -51,6 +51,10 @@ IGNORED_ENV: Mapping[str, str] = {
     "CCACHE_READONLY": "ccache adds nothing; it returns what the compiler would",
     "CCACHE_TEMPDIR": "where ccache keeps its temporary files",
     "CCACHE_NOSTATS": "whether ccache counts hits",
+    # The shared ccache as secondary storage, a client's own as primary (containers.py).
+    "CCACHE_REMOTE_STORAGE": "where else ccache looks for objects",
+    "CCACHE_REMOTE_ONLY": "whether ccache keeps objects only there",
+    "CCACHE_MAXSIZE": "when ccache evicts objects",
     "KIISRV_WARM": "build.sh's switch for warm trees",
     "KIISRV_WARMING": "set while the image builds its trees",
     "KIISRV_CONFIGURE_PROBE": "the probe's own output file",

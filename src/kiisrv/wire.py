@@ -38,6 +38,7 @@ from pydantic import (
 
 from kiisrv import kll
 from kiisrv.catalog import Available
+from kiisrv.ccache import CLIENT_PATTERN
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.versions import ReleaseInfo, Version
@@ -142,6 +143,8 @@ class PlanRecord(_Strict):
     # Decided by the API server from the stock layouts (planner.seeds_cache); trusted
     # because it is signed: a worker has no layouts folder to decide it again.
     seeds_cache: bool = False
+    # Whose ccache volume the build writes: a pseudonym, which ends a volume name.
+    ccache_client: Annotated[str, StringConstraints(pattern=CLIENT_PATTERN)] | None = None
 
 
 class _Release(_Strict):
@@ -221,6 +224,7 @@ class Wire:
                 "board": plan.board,
                 "variant": plan.variant,
                 "seeds_cache": plan.seeds_cache,
+                "ccache_client": plan.ccache_client,
             }
         )
         return payload, self.sealer.seal("job", plan.job.hash.encode(), payload.encode())
@@ -285,6 +289,7 @@ def plan_from_record(record: PlanRecord, image: str) -> Plan:
         board=record.board,
         variant=record.variant,
         seeds_cache=record.seeds_cache,
+        ccache_client=record.ccache_client,
     )
 
 

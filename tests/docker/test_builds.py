@@ -90,7 +90,8 @@ async def test_a_build_end_to_end(
     assert b"configuring" not in log  # ninja alone: no configure step
     assert "compile_commands.json" not in names
     assert b"uid 1000, gid 1000, root filesystem writable" in z.read("log/build.log")
-    assert b"ccache read-only" in log  # a user's layout only reads it (security/test_ccache.py)
+    # A user's layout only reads the shared ccache (security/test_ccache.py).
+    assert b"ccache remote read-only" in log and b"ccache disabled" not in log
     assert z.read("KType-Mine-0.kll").startswith(b'Name = "KType";')
     assert len(build_containers.created()) == 1
     assert build_containers.running() == []  # removed after the build

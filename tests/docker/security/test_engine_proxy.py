@@ -9,6 +9,7 @@ container is created, the foreign container is untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +225,37 @@ def test_a_real_build_through_the_proxy(
 
     assert asyncio.run(build()) == (200, 200)
     assert len(build_containers.created()) == 1
+
+
+def test_only_client_ccache_volumes_can_be_listed_and_removed(
+    through: DockerClient, docker_client: DockerClient, docker_settings: Settings
+) -> None:
+    """Attack: list the host's volumes, remove the shared ccache (every stock object) or
+    a neighbour's volume. Refused: the list holds per-client ccache volumes only, and
+    only those can be removed, which the pruner needs (retention.prune_ccache_volumes)."""
+    client_volume = f"{docker_settings.ccache_volume}-c{secrets.token_hex(10)}"
+    shared = docker_client.volumes.create(docker_settings.ccache_volume)
+    neighbour = docker_client.volumes.create(f"{TEST_PREFIX}neighbour-{secrets.token_hex(3)}")
+    docker_client.volumes.create(client_volume)
+    try:
+        listed = {v["Name"] for v in through.api.volumes()["Volumes"] or []}
+        assert client_volume in listed
+        assert not listed & {shared.name, neighbour.name}
+        for name in (shared.name, neighbour.name):
+            with pytest.raises(docker.errors.APIError) as refused:
+                through.api.remove_volume(name)
+            assert_refused(refused.value)
+        through.api.remove_volume(client_volume)
+        left = {v.name for v in docker_client.volumes.list()}
+        assert client_volume not in left and {shared.name, neighbour.name} <= left
+        with pytest.raises(docker.errors.APIError) as refused:
+            create(
+                through,
+                docker_settings,
+                mounts=[Mount("/mnt/x", neighbour.name, type="volume")],
+            )
+        assert_refused(refused.value)
+    finally:
+        neighbour.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.volumes.get(client_volume).remove(force=True)
