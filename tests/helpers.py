@@ -568,3 +568,15 @@ def socket_proxy(settings: Settings, log: Path, **env_extra: str) -> Iterator[st
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def remove_client_ccaches(client: Any, settings: Settings) -> None:
+    """Removes the per-client ccache volumes (``ccache.client_volume``) a test's builds made
+    on one engine; the shared one is the caller's."""
+    import docker.errors
+
+    prefix = f"{settings.ccache_volume}-c"
+    for volume in client.volumes.list(filters={"name": prefix}):
+        if volume.name.startswith(prefix):
+            with contextlib.suppress(docker.errors.NotFound):
+                volume.remove(force=True)

@@ -27,6 +27,7 @@ from tests.helpers import (
     Events,
     app_client,
     build_test_image,
+    remove_client_ccaches,
 )
 
 
@@ -87,12 +88,7 @@ def build_containers(docker_client: DockerClient, docker_settings: Settings) -> 
         c.remove(force=True)
     with contextlib.suppress(docker.errors.NotFound):
         docker_client.volumes.get(docker_settings.ccache_volume).remove(force=True)
-    # Each client's own ccache (ccache.client_volume): the test's clients made some.
-    prefix = f"{docker_settings.ccache_volume}-c"
-    for volume in docker_client.volumes.list(filters={"name": prefix}):
-        if volume.name.startswith(prefix):
-            with contextlib.suppress(docker.errors.NotFound):
-                volume.remove(force=True)
+    remove_client_ccaches(docker_client, docker_settings)  # the test's clients made some
 
 
 @pytest.fixture

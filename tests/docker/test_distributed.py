@@ -36,6 +36,7 @@ from tests.helpers import (
     Events,
     RedisServer,
     ktype,
+    remove_client_ccaches,
     request,
     serve,
     skip_or_fail,
@@ -159,6 +160,7 @@ def _cluster(
                     ct.remove(force=True)
             with contextlib.suppress(docker.errors.NotFound):
                 client.volumes.get(docker_settings.ccache_volume).remove(force=True)
+            remove_client_ccaches(client, docker_settings)
 
 
 @pytest.fixture
