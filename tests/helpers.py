@@ -6,6 +6,7 @@ Tests import from here only, never from conftest or from each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import shutil
@@ -568,6 +569,41 @@ def socket_proxy(settings: Settings, log: Path, **env_extra: str) -> Iterator[st
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# -- a hung PostgreSQL -------------------------------------------------------------------
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc: the postmaster's backends)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(p := todo.pop())
+        todo += children.get(p, [])
+    return found
+
+
+@contextmanager
+def postgres_paused(pg: PostgresServer) -> Iterator[None]:
+    """Every process of ``pg`` stopped (SIGSTOP), then continued: a database that hangs,
+    its sockets open and nothing answering (not one that refuses connections)."""
+    assert pg.proc is not None
+    stopped = _descendants(pg.proc.pid)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def remove_client_ccaches(client: Any, settings: Settings) -> None:

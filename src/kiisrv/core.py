@@ -86,7 +86,9 @@ class Kiisrv:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = Storage(settings.stats_db, settings.config_db, settings.stats_url)
+        self.storage = Storage(
+            settings.stats_db, settings.config_db, settings.stats_url, settings.stats_timeout
+        )
         self.engine = Engine(settings.docker_url, settings.engine_timeout, settings.max_builds)
         self.layouts = LayoutStore(settings.layouts_dir)
         self.catalog = Catalog(settings, self.storage, self.engine)
@@ -278,14 +280,23 @@ class Kiisrv:
                 gone = 0
             if gone:
                 log.info("deleted %d statistics rows older than %s", gone, before.date())
-        return prune(
+        busy = self.in_use() | set(self.storage.unfinished())
+        result = prune(
             s.config_dir,
             s.builds_dir,
             max_age=s.retention_days * 86400,
             max_bytes=s.retention_bytes,
-            in_use=self.in_use() | set(self.storage.unfinished()),
+            in_use=busy,
             dry_run=dry_run,
         )
+        if not dry_run:  # their Builds rows too, and rows older than the outputs' retention
+            before = now() - timedelta(days=s.retention_days)
+            gone = self.storage.prune_builds(result.hashes, before, keep=busy)
+            if gone:
+                log.info(
+                    "deleted %d Builds rows (outputs pruned, or before %s)", gone, before.date()
+                )
+        return result
 
     async def _prune_forever(self) -> None:
         """A failed prune (a locked database, a full disk) is logged; the next one runs."""

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from kiisrv.jobs import JobState
+from kiisrv.rollups import DURATION_BUCKETS
 from kiisrv.storage import Storage
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: a warm real build is about 1-3 s, a cold one 5-10 s, the timeout 600 s.
-BUCKETS = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 60.0, 120.0, 300.0, 600.0)
+BUCKETS = DURATION_BUCKETS  # kept by the Builds rollup (rollups.py)
 
 
 class _FromState(Collector):
@@ -73,20 +74,20 @@ class _FromState(Collector):
 
 
 def _read(storage: Storage) -> tuple[list[tuple[str, str, int]], tuple[int, float, list[int]]]:
-    """Aggregates over the Builds table (blocking: the storage thread runs it)."""
+    """The Builds rollups (rows per day, version and result, one per bucket): counters
+    that never go down, also when old Builds rows are pruned (blocking: pages' thread)."""
     builds = storage.query(
-        "SELECT version, state, COUNT(*) FROM Builds WHERE finished_at IS NOT NULL"
-        " GROUP BY version, state ORDER BY version, state"
+        "SELECT version, state, SUM(n) FROM BuildDays"
+        " GROUP BY version, state HAVING SUM(n) > 0 ORDER BY version, state"
     )
-    under = ", ".join("COALESCE(SUM(duration_ms <= ?), 0)" for _ in BUCKETS)
-    row = storage.query(
-        f"SELECT COUNT(*), COALESCE(SUM(duration_ms), 0), {under} FROM Builds"
-        " WHERE state = 'succeeded' AND duration_ms IS NOT NULL",
-        *(b * 1000 for b in BUCKETS),
+    count, total = storage.query(
+        "SELECT COALESCE(SUM(ms_n), 0), COALESCE(SUM(ms_sum), 0) FROM BuildDays"
+        " WHERE state = 'succeeded'"
     )[0]
+    under = dict(storage.query("SELECT le_ms, n FROM BuildHistogram"))
     return (
         [(str(v), str(s), int(n)) for v, s, n in builds],
-        (int(row[0]), float(row[1]) / 1000, [int(n) for n in row[2:]]),
+        (int(count), float(total) / 1000, [int(under.get(int(b * 1000), 0)) for b in BUCKETS]),
     )
 
 
@@ -109,7 +110,7 @@ class Metrics:
         self.registry.register(self._state)
 
     async def render(self) -> bytes:
-        """The exposition; the Builds table is read on the storage thread first."""
+        """The exposition; the Builds rollups are read on the pages' thread first."""
         storage = self.server.storage
-        self._state.builds, self._state.histogram = await storage.run(_read, storage)
+        self._state.builds, self._state.histogram = await storage.read(_read, storage)
         return generate_latest(self.registry)

@@ -262,6 +262,14 @@ class Settings(BaseSettings):
         description="PostgreSQL URL of the statistics (Requests) all API servers share; "
         "unset: this server's SQLite.",
     )
+    stats_timeout: float = Field(
+        5.0,
+        alias="KIISRV_STATS_TIMEOUT",
+        gt=0,
+        description="Seconds one call to the statistics PostgreSQL may take (its "
+        "statement_timeout, and a deadline of kiisrv's own for a database that hangs); "
+        "past it the call fails (503 + Retry-After) and the database is left alone as long.",
+    )
     worker_poll: float = Field(
         0.02,
         alias="KIISRV_WORKER_POLL",

@@ -1,12 +1,13 @@
 """Request statistics: recording them, and ``GET /stats``, the reference's summary.
 
 Recording must cost a request nothing it can feel: rows are queued in memory and
-written in batches, one transaction each, on the storage thread; a batch the database
-refuses is kept and written by a later flush. ``/stats`` flushes first, so it always
-counts every request answered so far. The rows live where ``storage.requests`` keeps
-them: this server's SQLite, or the PostgreSQL all API servers share. Counts are computed in SQL
-so the page stays cheap with a large table; the count blocks are printed the way the
-reference (Rust ``{:#?}`` of a map) printed them.
+written in batches, one transaction each, on the storage's Requests thread (never the
+build path's); a batch the database refuses is kept and written by a later flush.
+``/stats`` flushes first, so it always counts every request answered so far. The rows
+live where ``storage.requests`` keeps them: this server's SQLite, or the PostgreSQL all
+API servers share. The page reads the rollups kept with the rows (rollups.py), on the
+pages' thread, so it costs the same with millions of rows; the count blocks are printed
+the way the reference (Rust ``{:#?}`` of a map) printed them.
 
 The page is public, so it counts keyboards by stock layout only: a layout name the
 layouts folder does not have (one the user typed, ``Ada's travel board``) may name
@@ -26,6 +27,7 @@ from typing import Any
 
 from kiisrv.errors import KiisrvError
 from kiisrv.layouts import LayoutStore
+from kiisrv.requests_store import WRITE_AT_MOST
 from kiisrv.storage import RequestRecord, Storage
 
 log = logging.getLogger("kiisrv.stats")
@@ -66,23 +68,27 @@ class StatsRecorder:
             rows, self._rows = self._rows, []
             touch, self._touch = self._touch, set()
             if touch:
-                await self.storage.run(_touch_all, touch)
-            if rows:
+                await self.storage.run_requests(_touch_all, touch)
+            while rows:
+                # A batch per write: after a long outage, each write stays short (its
+                # own transaction, inside the statement timeout).
+                batch, rows = rows[:WRITE_AT_MOST], rows[WRITE_AT_MOST:]
                 try:
-                    await self.storage.run(self.storage.record_requests, rows)
+                    await self.storage.run_requests(self.storage.record_requests, batch)
                 except KiisrvError as exc:
                     # Kept, in order, for the next flush: a database that is down for a
                     # while (a full disk, PostgreSQL restarting) loses no accepted request.
-                    self._rows[:0] = rows
+                    self._rows[:0] = batch + rows
                     lost = len(self._rows) - MAX_PENDING
                     if lost > 0:
                         del self._rows[:lost]
                     log.error(
                         "could not record %d requests, kept for the next try%s: %s",
-                        len(rows),
+                        len(batch) + len(rows),
                         f" ({lost} oldest dropped: over {MAX_PENDING} waiting)" if lost > 0 else "",
                         exc.message,
                     )
+                    break
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -126,50 +132,51 @@ def stock_layouts(layouts: LayoutStore) -> frozenset[str]:
 
 
 async def render(storage: Storage, layouts: LayoutStore) -> str:
-    """The page, its aggregate scans on the storage thread."""
-    return await storage.run(lambda: summary(storage, stock_layouts(layouts)))
+    """The page, read on the pages' thread."""
+    return await storage.read(lambda: summary(storage, stock_layouts(layouts)))
 
 
 async def as_json(storage: Storage, layouts: LayoutStore) -> dict[str, Any]:
     """The figures of the page, for ``/stats.json``."""
-    return await storage.run(lambda: figures(storage, stock_layouts(layouts)))
+    return await storage.read(lambda: figures(storage, stock_layouts(layouts)))
 
 
 def figures(storage: Storage, stock: Collection[str]) -> dict[str, Any]:
-    """The figures of ``/stats`` (blocking: aggregate scans of Requests); layouts not in
-    ``stock`` are counted as ``<keyboard>-(other)``."""
-    total, unique, users, layers, durations = storage.query_requests(
-        "SELECT COUNT(*), COUNT(DISTINCT hash), COUNT(DISTINCT ip_addr),"
-        " COALESCE(SUM(layers), 0), COALESCE(SUM(build_duration), 0) FROM Requests"
-    )[0]
+    """The figures of ``/stats`` (blocking: a few dozen rows of the rollups); layouts not
+    in ``stock`` are counted as ``<keyboard>-(other)``."""
+    counts = storage.request_counts(stock)
+    t = counts.totals
+    total, unique, users = t.get("builds", 0), t.get("unique", 0), t.get("users", 0)
+    layers, durations = t.get("layers", 0), t.get("duration", 0)
 
     def ordered(counts: Counter[str]) -> list[tuple[str, int]]:
         # Ties are ordered here, not in SQL: Postgres would sort by its locale's collation.
-        return sorted(counts.items(), key=lambda kn: (-kn[1], kn[0]))
+        return sorted(((k, n) for k, n in counts.items() if n > 0), key=lambda kn: (-kn[1], kn[0]))
 
-    def counts(expr: str) -> list[tuple[str, int]]:
-        rows = storage.query_requests(f"SELECT {expr} AS k, COUNT(*) FROM Requests GROUP BY k")
-        return ordered(Counter({str(k): int(n) for k, n in rows}))
+    def by(dim: str) -> list[tuple[str, int]]:
+        return ordered(Counter(counts.by.get(dim, {})))
 
+    # Stock layouts by name; the rest of each keyboard's requests as <keyboard>-(other).
     keyboards: Counter[str] = Counter()
-    for board, variant, n in storage.query_requests(
-        "SELECT board, variant, COUNT(*) FROM Requests GROUP BY board, variant"
-    ):
-        name = f"{board}-{variant}"
-        keyboards[name if name in stock else f"{board}-{OTHER}"] += int(n)
+    other = Counter(counts.by.get("board", {}))
+    for board, variant, n in counts.keyboards:
+        keyboards[f"{board}-{variant}"] += n
+        other[board] -= n
+    for board, n in other.items():
+        keyboards[f"{board}-{OTHER}"] += n
 
     return {
-        "builds": int(total),
-        "unique": int(unique),
+        "builds": total,
+        "unique": unique,
         "cache_ratio": total / unique if unique else 0.0,
         "avg_time_s": durations / unique / 1000 if unique else 0.0,
-        "users": int(users),
+        "users": users,
         "builds_per_user": total / users if users else 0.0,
         "avg_layers": layers / total if total else 0.0,
-        "os": counts("os"),
-        "platform": counts("CASE web WHEN 1 THEN 'Web' ELSE 'Desktop' END"),
+        "os": by("os"),
+        "platform": by("platform"),
         "keyboard": ordered(keyboards),
-        "version": counts("container"),
+        "version": by("version"),
     }
 
 

@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 REFRESH_SECONDS = 3
 RECENT = 20
 DAYS = 14
+# Build-time percentiles are of this many latest successful builds: bounded, and now.
+PERCENTILE_BUILDS = 1000
 LOG_LINES = 15
 REALM = 'Basic realm="kiisrv status", charset="UTF-8"'
 
@@ -136,7 +139,8 @@ Figures = tuple[list[Build], list[dict[str, Any]], list[dict[str, Any]], dict[st
 
 
 def _figures(server: Kiisrv, detailed: bool) -> Figures:
-    """Blocking reads, run on the storage thread: Builds in SQLite, Requests wherever it is."""
+    """Blocking reads on the pages' thread, each bounded: the last builds by index, the
+    per-day and keyboard rollups, the durations of the last PERCENTILE_BUILDS builds."""
     q = server.storage.query
     recent = []
     for h, stem, version, state, ms, fin in q(
@@ -151,24 +155,19 @@ def _figures(server: Kiisrv, detailed: bool) -> Figures:
         )
     per_day = [
         {"day": day, "succeeded": ok, "failed": failed}
-        for day, ok, failed in q(
-            "SELECT substr(finished_at, 1, 10) AS day,"
-            " SUM(state = 'succeeded'), SUM(state = 'failed')"
-            " FROM Builds WHERE finished_at IS NOT NULL"
-            " GROUP BY day ORDER BY day DESC LIMIT ?",
-            DAYS,
-        )
+        for day, ok, failed in server.storage.build_days(DAYS)
     ][::-1]
-    keyboards = [
-        {"keyboard": board, "requests": n}
-        for board, n in server.storage.query_requests(
-            "SELECT board, COUNT(*) AS n FROM Requests GROUP BY board ORDER BY n DESC LIMIT 10"
-        )
-    ]
+    try:
+        top = server.storage.top_boards(10)
+    except StorageError:  # the statistics database down: the rest of the page still shows
+        top = []
+    keyboards = [{"keyboard": board, "requests": n} for board, n in top]
     durations = [
         ms / 1000
         for (ms,) in q(
-            "SELECT duration_ms FROM Builds WHERE state = 'succeeded' AND duration_ms IS NOT NULL"
+            "SELECT duration_ms FROM Builds WHERE state = 'succeeded'"
+            " AND duration_ms IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+            PERCENTILE_BUILDS,
         )
     ]
     seconds = (
@@ -191,8 +190,9 @@ async def collect(server: Kiisrv, *, detailed: bool = False) -> Status:
         keyboard, layout = _names(job.stem)
         detail = await _detail(server, job, layout) if detailed else None
         active.append(Build(keyboard, job.version, str(job.state), detail=detail))
-    await server.stats.flush()
-    recent, per_day, keyboards, seconds = await server.storage.run(_figures, server, detailed)
+    # No flush: the recorder writes within FLUSH_EVERY, and this page (every open one
+    # reloads it every few seconds) must not wait for the statistics database.
+    recent, per_day, keyboards, seconds = await server.storage.read(_figures, server, detailed)
     return Status(active, recent, per_day, keyboards, seconds, detailed)
 
 

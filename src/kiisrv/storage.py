@@ -2,14 +2,23 @@
 
 The Requests table keeps the reference schema so existing statistics carry over.
 Builds is new: one row per distinct build, so that a build accepted before a restart
-can still be reported (as failed, with the reason) after it. Every write goes through
-this object's lock on one connection per file, in WAL mode. The Requests rows go
+can still be reported (as failed, with the reason) after it. The Requests rows go
 through ``requests`` (requests_store.py): ``stats.db`` too, or the PostgreSQL database
 all API servers share when ``KIISRV_STATS_URL`` is set.
 
-The methods block (a write can wait out the busy timeout on a locked database), so
-async code calls them through ``run``: one thread of the storage's own, which also
-keeps SQLite work in order without contending for the lock.
+Three lanes, each a thread and connections of its own, so that none waits for another:
+
+- ``run``: the build path (Builds, Versions). Admitting a build saves its job row
+  here; nothing else runs on this thread, so no page and no PostgreSQL call is ever
+  ahead of it.
+- ``run_requests``: writing Requests rows (batches, the prune, the address migration),
+  to SQLite or PostgreSQL.
+- ``read``: the pages (``/stats``, ``/status``, ``/metrics``): reads of rollups and
+  indexes (rollups.py), on a reader connection (SQLite's WAL lets it read while the
+  others write) and, with PostgreSQL, a connection of their own.
+
+The methods block (a write can wait out the busy timeout on a locked database); async
+code calls them through those three.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import asyncio
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,9 +35,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from kiisrv import requests_store, rollups
 from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
-from kiisrv.requests_store import SQLITE_SCHEMA, RequestsStore, open_store
+from kiisrv.requests_store import (
+    SQLITE_SCHEMA,
+    RequestsStore,
+    open_store,
+    sqlite_connect,
+    sqlite_errors,
+)
 from kiisrv.versions import Version
 
 P = ParamSpec("P")
@@ -60,6 +76,8 @@ CREATE TABLE IF NOT EXISTS Builds (
 );
 """
 )
+# Builds rows deleted per transaction by the pruner (the build path's writes slip in).
+_PRUNE_BUILDS_AT_MOST = 1000
 
 
 @dataclass(frozen=True)
@@ -81,42 +99,80 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _connect(path: Path, script: str) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(script)
-    return conn
+def _migrate_builds(conn: sqlite3.Connection) -> None:
+    """The Builds indexes, rollups and their triggers; the rollups built from the rows
+    once (a database of an older server), in one transaction with the triggers."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    script = rollups.BUILDS_ROLLUP_SCHEMA
+    if version < rollups.BUILDS_ROLLUP_VERSION:
+        script += rollups.BUILDS_ROLLUP_REBUILD + rollups.histogram_rebuild() + ";"
+        script += f"PRAGMA user_version = {rollups.BUILDS_ROLLUP_VERSION};"
+    conn.executescript(f"BEGIN IMMEDIATE; {script} COMMIT;")
 
 
 class Storage:
-    def __init__(self, stats_db: Path, config_db: Path, stats_url: str | None = None) -> None:
-        self._mutex = threading.Lock()
-        self._stats = _connect(stats_db, _STATS_SCHEMA)
-        self._config = _connect(config_db, _CONFIG_SCHEMA)
-        # The Requests rows: in stats.db, or in the PostgreSQL all API servers share.
-        self.requests: RequestsStore = open_store(stats_url, self._stats)
+    def __init__(
+        self,
+        stats_db: Path,
+        config_db: Path,
+        stats_url: str | None = None,
+        statement_timeout: float = 5.0,
+    ) -> None:
+        with sqlite_errors():
+            # The build lane: Builds and Versions, under one lock.
+            self._mutex = threading.Lock()
+            self._stats = sqlite_connect(stats_db, _STATS_SCHEMA)
+            _migrate_builds(self._stats)
+            self._config = sqlite_connect(config_db, _CONFIG_SCHEMA)
+            # The pages' lane: stats.db read-only (Builds; Requests too without a URL).
+            self._reader = requests_store.SqliteRequests(stats_db, reader=True)
+        # The Requests rows: in stats.db, or in the PostgreSQL all API servers share;
+        # a connection to write them and one for the pages.
+        self.requests: RequestsStore = open_store(stats_url, stats_db, timeout=statement_timeout)
+        self.requests_reader: RequestsStore = (
+            open_store(stats_url, stats_db, timeout=statement_timeout, reader=True)
+            if stats_url
+            else self._reader
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiisrv-sqlite")
+        self._requests_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="kiisrv-requests"
+        )
+        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiisrv-pages")
+
+    @staticmethod
+    async def _on(
+        executor: ThreadPoolExecutor, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``fn(*args)`` on the storage thread, off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        """``fn(*args)`` on the build path's thread, off the event loop."""
+        return await self._on(self._executor, fn, *args, **kwargs)
+
+    async def run_requests(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args)`` on the thread that writes Requests rows."""
+        return await self._on(self._requests_executor, fn, *args, **kwargs)
+
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args)`` on the pages' thread: reads only, never ahead of a build."""
+        return await self._on(self._read_executor, fn, *args, **kwargs)
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
         """One caller at a time; SQLite failures (a full disk) become StorageError."""
-        with self._mutex:
-            try:
-                yield
-            except sqlite3.Error as exc:
-                raise StorageError(f"the server cannot use its database: {exc}") from exc
+        with self._mutex, sqlite_errors():
+            yield
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        for executor in (self._read_executor, self._requests_executor, self._executor):
+            executor.shutdown(wait=True)
+        self.requests.close()
+        self.requests_reader.close()
+        if self.requests_reader is not self._reader:
+            self._reader.close()
         with self._lock():
-            self.requests.close()
             self._stats.close()
             self._config.close()
 
@@ -137,42 +193,68 @@ class Storage:
             ).fetchall()
         return [Version(*row) for row in rows]
 
-    # -- requests ------------------------------------------------------------------
+    # -- requests (the writer's connection) ------------------------------------------
 
     def record_request(self, r: RequestRecord) -> None:
         self.record_requests([r])
 
     def record_requests(self, records: Sequence[RequestRecord]) -> None:
-        """Many rows in one transaction: one commit for a whole batch of requests."""
-        with self._lock():
-            self.requests.record(records)
+        """Many rows in few transactions (and their rollups): one commit for a batch."""
+        requests_store.record(self.requests, records)
 
     def pseudonymise(self, hide: Callable[[str], str], is_raw: Callable[[str], bool]) -> int:
         """Replaces raw client addresses (databases of older servers) by ``hide(address)``."""
-        with self._lock():
-            return self.requests.pseudonymise(hide, is_raw)
+        return requests_store.pseudonymise(self.requests, hide, is_raw)
 
     def prune_requests(self, before: datetime) -> int:
         """Deletes the Requests rows of requests made before ``before``."""
-        with self._lock():
-            return self.requests.prune(before)
+        return requests_store.prune(self.requests, before)
+
+    # -- the pages (the readers' connections) ----------------------------------------
 
     def query_requests(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """A read of the Requests table wherever it is (SQL both SQLite and Postgres run)."""
-        with self._lock():
-            return self.requests.query(sql, *args)
+        return requests_store.query(self.requests_reader, sql, *args)
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """A read of the SQLite ``stats.db`` (Builds)."""
-        with self._lock():
-            return self._stats.execute(sql, args).fetchall()
+        """A read of the SQLite ``stats.db`` (Builds), on the pages' connection."""
+        return self._reader.read(lambda db: db.rows(sql, args))
+
+    def request_counts(self, stock: Collection[str]) -> rollups.Counts:
+        """The rollups of ``/stats`` (rows of stock layouts looked up by key)."""
+        counts = self.requests_reader.read(lambda db: rollups.read_counts(db, stock))
+        if counts is None:  # a first start of another server is building them
+            raise StorageError("the statistics are being prepared", retry_after=10)
+        return counts
+
+    def top_boards(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` most requested keyboards, from the rollups."""
+        return self.requests_reader.read(lambda db: rollups.top_boards(db, n))
+
+    def build_days(self, days: int) -> list[tuple[str, int, int]]:
+        """(day, succeeded, failed) of the last ``days`` days with finished builds, the
+        latest first (BuildDays: rows per day, version and result)."""
+        rows = self.query(
+            "SELECT day, SUM(CASE state WHEN 'succeeded' THEN n ELSE 0 END),"
+            " SUM(CASE state WHEN 'failed' THEN n ELSE 0 END)"
+            " FROM BuildDays GROUP BY day HAVING SUM(n) > 0 ORDER BY day DESC LIMIT ?",
+            days,
+        )
+        return [(str(d), int(ok), int(failed)) for d, ok, failed in rows]
 
     # -- builds --------------------------------------------------------------------
 
     def save_job(self, job: Job) -> None:
+        """Its row; an upsert, not INSERT OR REPLACE, whose delete would hide the old
+        row from the rollups' triggers."""
         with self._lock():
             self._stats.execute(
-                "INSERT OR REPLACE INTO Builds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO Builds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (hash) DO UPDATE SET stem = excluded.stem,"
+                " version = excluded.version, container = excluded.container,"
+                " state = excluded.state, error = excluded.error,"
+                " created_at = excluded.created_at, started_at = excluded.started_at,"
+                " finished_at = excluded.finished_at, duration_ms = excluded.duration_ms",
                 (
                     job.hash,
                     job.stem,
@@ -232,6 +314,31 @@ class Storage:
                 ),
             )
             return cur.rowcount
+
+    def prune_builds(self, hashes: Collection[str], before: datetime, keep: Collection[str]) -> int:
+        """Deletes the Builds rows of ``hashes`` (builds whose outputs were pruned) and of
+        builds finished before ``before``; never of a build unfinished or in ``keep``.
+        In short transactions: the build path's writes wait for one at most."""
+        unfinished = (JobState.QUEUED.value, JobState.RUNNING.value)
+        with self._lock():
+            old = [
+                h
+                for (h,) in self._stats.execute(
+                    "SELECT hash FROM Builds WHERE finished_at < ?", (before.isoformat(),)
+                )
+            ]
+        doomed = sorted((set(hashes) | set(old)) - set(keep))
+        gone = 0
+        for start in range(0, len(doomed), _PRUNE_BUILDS_AT_MOST):
+            chunk = doomed[start : start + _PRUNE_BUILDS_AT_MOST]
+            marks = ", ".join("?" * len(chunk))
+            with self._lock():
+                cur = self._stats.execute(
+                    f"DELETE FROM Builds WHERE hash IN ({marks}) AND state NOT IN (?, ?)",
+                    (*chunk, *unfinished),
+                )
+                gone += cur.rowcount
+        return gone
 
 
 def _iso(value: datetime | None) -> str | None:
