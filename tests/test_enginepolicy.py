@@ -12,7 +12,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -36,8 +36,6 @@ from kiisrv.socketproxy import policy as policy_of
 
 SETTINGS = Settings(
     data_dir=Path("/srv/data"),
-    host_tmp_config=Path("/var/lib/kiisrv/config"),
-    host_tmp_builds=Path("/var/lib/kiisrv/builds"),
     instance="kiisrv",
     image_prefix="kiisrv-",
     ccache_volume="kiisrv-ccache",
@@ -69,6 +67,10 @@ class _Recorder(BaseHTTPRequestHandler):
         else:
             self._answer(204)
 
+    def do_PUT(self) -> None:  # the inputs, by the archive API
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer(200)
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -91,7 +93,7 @@ def sent() -> Iterator[dict[str, Any]]:
     import asyncio
 
     try:
-        asyncio.run(engine.start(spec))
+        asyncio.run(engine.start(spec, inputs=b"", inputs_at="/mnt/kiisrv"))
     finally:
         engine.close()
         server.shutdown()
@@ -117,9 +119,10 @@ def test_the_body_engine_start_sends_passes(body: dict[str, Any]) -> None:
     host = forwarded["HostConfig"]
     assert forwarded["Image"] == "kiisrv-controller-057:latest"
     assert host["NetworkMode"] == "none" and host["CapDrop"] == ["ALL"]
-    assert [(m["Source"], m["Target"], m.get("ReadOnly", False)) for m in host["Mounts"]] == [
+    assert [(m.get("Source"), m["Target"], m.get("ReadOnly", False)) for m in host["Mounts"]] == [
         (m["Source"], m["Target"], m["ReadOnly"]) for m in body["HostConfig"]["Mounts"]
     ]
+    assert all(m["Type"] == "volume" for m in host["Mounts"]) and not host.get("Binds")
     # Empty keys are not forwarded: the engine sees what was checked, nothing more.
     assert all(v not in (None, False, "", [], {}) for v in forwarded.values())
 
@@ -205,15 +208,18 @@ def _bind(source: str, **extra: object) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("mount", "match"),
     [
-        (_bind("/"), "outside"),
-        (_bind("/etc"), "outside"),
-        (_bind("/var/lib/kiisrv"), "outside"),
-        (_bind("/var/lib/kiisrv/config"), "outside"),  # every build's inputs at once
-        (_bind("/var/lib/kiisrv/config/../../../../etc"), "plain absolute"),
-        (_bind("/var/lib/kiisrv/config/./x"), "plain absolute"),
-        (_bind("var/lib/kiisrv/config/x"), "plain absolute"),
-        (_bind("/var/lib/kiisrv/configs/x"), "outside"),
-        (_bind("/var/lib/kiisrv/config/x", BindOptions={"Propagation": "rshared"}), "BindOptions"),
+        (_bind("/"), "bind mount"),
+        (_bind("/etc"), "bind mount"),
+        (_bind("/var/lib/kiisrv"), "bind mount"),
+        (_bind("/var/lib/kiisrv/config"), "bind mount"),
+        # Where kiisrv used to mount a build's folders: a symlink to / there, put by the
+        # server between a check and the mount, would give the build the host's root.
+        (_bind("/srv/data/config/0123456789abcdef"), "bind mount"),
+        (_bind("/srv/data/builds/.work/0123456789abcdef"), "bind mount"),
+        (_bind("/var/lib/kiisrv/config/../../../../etc"), "bind mount"),
+        (_bind("var/lib/kiisrv/config/x"), "bind mount"),
+        (_bind("/srv/data/config/x", BindOptions={"Propagation": "rshared"}), "BindOptions"),
+        ({"Type": "volume", "Target": "/x", "VolumeOptions": {"Subpath": "x"}}, "VolumeOptions"),
         ({"Type": "volume", "Source": "redis-data", "Target": "/x"}, "ccache"),
         (
             {
@@ -230,13 +236,20 @@ def _bind(source: str, **extra: object) -> dict[str, object]:
             "VolumeOptions",
         ),
         ({"Type": "npipe", "Source": "//./pipe/docker_engine", "Target": "/x"}, "type"),
-        ({"Type": "tmpfs", "Target": "/x"}, "source"),
+        ({"Type": "tmpfs", "Target": "/x"}, "tmpfs"),
         ("/:/host", "object"),
     ],
 )
 def test_mounts_refused(body: dict[str, Any], mount: object, match: str) -> None:
     body["HostConfig"]["Mounts"].append(mount)
     refused(body, match)
+
+
+def test_an_anonymous_volume_passes(body: dict[str, Any]) -> None:
+    """Where a build's inputs and outputs live: no host path, removed with the container."""
+    body["HostConfig"]["Mounts"].append({"Type": "volume", "Target": "/mnt/io", "Source": ""})
+    body["HostConfig"]["Mounts"].append({"Type": "volume", "Target": "/mnt/io2"})
+    check_create(body, POLICY)
 
 
 def test_the_ccache_volume_passes_read_only_or_not(body: dict[str, Any]) -> None:
@@ -297,21 +310,8 @@ def test_a_root_build_user_is_a_configuration_error() -> None:
         policy_of(SETTINGS.replace(build_user="0:0"))
 
 
-def test_the_bind_roots_default_to_the_servers_folders() -> None:
-    assert POLICY.bind_roots == (
-        PurePosixPath("/var/lib/kiisrv/config"),
-        PurePosixPath("/var/lib/kiisrv/builds"),
-    )
-    local = policy_of(Settings(data_dir=Path("/srv/data")))
-    assert local.bind_roots == (
-        PurePosixPath("/srv/data/config"),
-        PurePosixPath("/srv/data/builds"),
-    )
-    assert local.instances == {"kiisrv"}
-    assert policy_of(SETTINGS.replace(proxy_bind_roots="/a, /b")).bind_roots == (
-        PurePosixPath("/a"),
-        PurePosixPath("/b"),
-    )
+def test_the_instances_default_to_the_servers_own() -> None:
+    assert policy_of(Settings(data_dir=Path("/srv/data"))).instances == {"kiisrv"}
 
 
 # -- paths -----------------------------------------------------------------------------
@@ -333,6 +333,8 @@ def test_the_bind_roots_default_to_the_servers_folders() -> None:
         ("GET", "/v1.41/containers/abc123/logs", Kind.CONTAINER),
         ("GET", "/v1.41/containers/kiisrv-build-0123-x1/json", Kind.CONTAINER),
         ("DELETE", "/v1.41/containers/abc123", Kind.CONTAINER),
+        ("PUT", "/v1.41/containers/abc123/archive", Kind.CONTAINER),
+        ("GET", "/v1.41/containers/abc123/archive", Kind.CONTAINER),
     ],
 )
 def test_routes_a_build_needs(method: str, path: str, kind: Kind) -> None:
@@ -357,8 +359,9 @@ def test_routes_a_build_needs(method: str, path: str, kind: Kind) -> None:
         ("POST", "/v1.41/containers/abc/exec"),
         ("POST", "/v1.41/containers/abc/update"),
         ("POST", "/v1.41/containers/abc/attach"),
-        ("PUT", "/v1.41/containers/abc/archive"),
-        ("GET", "/v1.41/containers/abc/archive"),
+        ("HEAD", "/v1.41/containers/abc/archive"),
+        ("POST", "/v1.41/containers/abc/archive"),
+        ("PUT", "/v1.41/containers/abc/archive/x"),
         ("POST", "/v1.41/containers/abc/rename"),
         ("POST", "/v1.41/networks/create"),
         ("GET", "/v1.41/swarm"),

@@ -14,7 +14,7 @@ def test_from_env_reads_each_type() -> None:
         {
             "KIISRV_PORT": "4000",
             "KIISRV_DATA_DIR": "/srv/kiisrv",
-            "HOST_TMP_BUILDS": "/host/builds",
+            "KIISRV_STATUS_TOKEN": "t" * 32,
             "KIISRV_BUILD_CPUS": "1.5",
             "DOCKER_HOST": "tcp://127.0.0.1:2375",
             "KIISRV_HOST": "",
@@ -23,8 +23,7 @@ def test_from_env_reads_each_type() -> None:
     assert s.port == 4000
     assert s.data_dir == Path("/srv/kiisrv")
     assert s.builds_dir == Path("/srv/kiisrv/builds")
-    assert s.host_tmp_builds == Path("/host/builds")
-    assert s.host_tmp_config is None
+    assert s.status_token is not None and s.status_token.get_secret_value() == "t" * 32
     assert s.build_cpus == 1.5
     assert s.docker_url == "tcp://127.0.0.1:2375"
     assert s.host == "0.0.0.0"

@@ -1,20 +1,25 @@
 """What one build container looks like: image, command, env, mounts, limits, labels.
 
-Pure functions, tested without Docker. The mounts are the delicate part: when the
-server itself runs in a container, the build container is its sibling and bind mounts
-must name the *host's* paths (``HOST_TMP_CONFIG``/``HOST_TMP_BUILDS``).
+Pure functions, tested without Docker. A build container mounts no host folder: a bind
+mount names a host path, and the server (which can write in its data folder) could
+swap that path for a symlink to ``/`` between any check and the mount. Its inputs go in
+and its outputs come out through the Engine API's archive calls (``buildio.py``), into
+an anonymous volume removed with the container.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 
 from kiisrv import ccache
 from kiisrv.settings import Settings
 
-IN_DIR = "/mnt/config"
-OUT_DIR = "/mnt/builds"
+# The build's own folder (an anonymous volume: writable with a read-only root
+# filesystem, and reached by the archive API, which tmpfs is not): its inputs under
+# config/<hash>, and builds/, where build.sh leaves the zip.
+IO_DIR = "/mnt/kiisrv"
+IN_DIR = f"{IO_DIR}/config"
+OUT_DIR = f"{IO_DIR}/builds"
 CCACHE_DIR = "/mnt/ccache"  # the image's folder (mode 1777): a new volume copies its mode
 SHARED_CCACHE_DIR = "/mnt/ccache-shared"
 SCRATCH_CCACHE_DIR = "/tmp/ccache"  # a build with no ccache of its own: thrown away
@@ -27,7 +32,7 @@ LABEL_HASH = "io.kiisrv.hash"
 
 @dataclass(frozen=True)
 class MountSpec:
-    source: str
+    source: str | None  # None: an anonymous volume
     target: str
     read_only: bool
     type: str = "bind"  # or "volume"
@@ -55,10 +60,6 @@ class ContainerSpec:
     log_max_files: int = 2
 
 
-def _host_path(local: Path, host: Path | None) -> PurePosixPath:
-    return PurePosixPath(host if host is not None else local.absolute())
-
-
 def build_mounts(
     settings: Settings,
     job_dir: str,
@@ -66,17 +67,15 @@ def build_mounts(
     seed_ccache: bool = False,
     ccache_client: str | None = None,
 ) -> list[MountSpec]:
-    """The KLL folder read-only, a private output folder, and the ccaches.
+    """The build's own folder for its inputs and outputs (an anonymous volume, no host
+    path: ``job_dir`` lives inside it), and the ccaches.
 
     The shared ccache is writable only for a build that seeds it (``Plan.seeds_cache``:
     inputs the server chose), else read-only: an object a request could leave there
     would be linked into other users' firmware. Read-only is the default a caller gets.
     """
-    config = _host_path(settings.config_dir, settings.host_tmp_config)
-    builds = _host_path(settings.builds_dir, settings.host_tmp_builds)
     return [
-        MountSpec(str(config / job_dir), f"{IN_DIR}/{job_dir}", read_only=True),
-        MountSpec(str(builds / WORK_SUBDIR / job_dir), OUT_DIR, read_only=False),
+        MountSpec(None, IO_DIR, read_only=False, type="volume"),
         *ccache_mounts(settings, seed_ccache=seed_ccache, client=ccache_client),
     ]
 

@@ -33,6 +33,7 @@ import urllib3.exceptions
 from docker import DockerClient
 from docker.types import LogConfig, Mount
 
+from kiisrv.buildio import UnsafeOutput
 from kiisrv.containers import LABEL_INSTANCE, ContainerSpec
 from kiisrv.errors import (
     EngineConflict,
@@ -197,8 +198,13 @@ class Engine:
 
     # -- one build -------------------------------------------------------------------
 
-    async def start(self, spec: ContainerSpec) -> str:
-        """Create and start; a container that fails to start is removed, not left behind."""
+    async def start(self, spec: ContainerSpec, *, inputs: bytes, inputs_at: str) -> str:
+        """Create, upload ``inputs`` (a tar) into ``inputs_at``, start; a container that
+        fails any step is removed with its volumes, not left behind.
+
+        The inputs go in by the archive API, not a bind mount: no host path is named,
+        so none can be swapped for a symlink (``containers.py``).
+        """
 
         def run(c: DockerClient) -> str:
             host_config = c.api.create_host_config(
@@ -214,7 +220,7 @@ class Engine:
                 network_mode="none" if spec.network_disabled else None,
                 read_only=spec.read_only,
                 cap_drop=["ALL"],
-                # Only a build running as root needs to write into the server's folders.
+                # Only a build running as root needs them: /controller is the build uid's.
                 cap_add=None if spec.user else ["CHOWN", "DAC_OVERRIDE", "FOWNER"],
                 security_opt=["no-new-privileges"],
                 log_config=LogConfig(
@@ -233,10 +239,11 @@ class Engine:
                 network_disabled=spec.network_disabled,
             )["Id"]
             try:
+                c.api.put_archive(cid, inputs_at, inputs)
                 c.api.start(cid)
             except BaseException:
                 with contextlib.suppress(docker.errors.DockerException):
-                    c.api.remove_container(cid, force=True)
+                    c.api.remove_container(cid, force=True, v=True)
                 raise
             return cid
 
@@ -256,6 +263,21 @@ class Engine:
             f"logs {cid[:12]}", lambda c: c.api.logs(cid, stdout=True, stderr=True)
         )
 
+    async def get_archive(self, cid: str, path: str, max_bytes: int) -> bytes:
+        """A folder of a (stopped) container as a tar; UnsafeOutput past ``max_bytes``,
+        read no further: the build decided how much it wrote."""
+
+        def run(c: DockerClient) -> bytes:
+            stream, _ = c.api.get_archive(cid, path, chunk_size=1024 * 1024)
+            data = bytearray()
+            for chunk in stream:
+                data += chunk
+                if len(data) > max_bytes:
+                    raise UnsafeOutput(f"the output is larger than {max_bytes} bytes")
+            return bytes(data)
+
+        return await self._call(f"get archive {cid[:12]}", run)
+
     async def kill(self, cid: str) -> None:
         with contextlib.suppress(EngineNotFound, EngineConflict):
             await self._call(f"kill {cid[:12]}", lambda c: c.api.kill(cid))
@@ -263,5 +285,7 @@ class Engine:
     async def remove(self, cid: str) -> None:
         with contextlib.suppress(EngineNotFound, EngineConflict):
             await self._call(
-                f"remove {cid[:12]}", lambda c: c.api.remove_container(cid, force=True)
+                f"remove {cid[:12]}",
+                # With its anonymous volume: the build's inputs and outputs.
+                lambda c: c.api.remove_container(cid, force=True, v=True),
             )

@@ -5,9 +5,13 @@ privileged or bind-mount ``/``. A proxy filtering by method and path (the HAProx
 allow-list this replaces) stops exec and pulls but not that, so the rule here also
 reads the create body, by allow-list: a key kiisrv's ``Engine.start`` does not send is
 refused unless its value is empty (the Docker SDK sends many keys as null/false/[]).
-Per-container calls are allowed on kiisrv's own build containers only, so a
-compromised server cannot kill, remove or inspect its neighbours (the Redis
-container's password is in its inspect answer).
+No bind mount passes, whatever its path: the server can write in its data folder, so a
+path "below the data folder" can be a symlink to ``/`` by the time dockerd mounts it
+(dockerd resolves it on the host; no check here can see that, or close the race).
+Builds get their files by the archive API instead, into an anonymous volume.
+Per-container calls (the archive ones too) are allowed on kiisrv's own build
+containers only, so a compromised server cannot kill, remove, inspect or copy files
+out of its neighbours (the Redis container's password is in its inspect answer).
 
 The engine parses JSON case-insensitively and keeps the last of duplicate keys, so the
 proxy forwards the body *it* checked, re-serialised, with the empty keys left out:
@@ -24,7 +28,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import PurePosixPath
 from typing import Any
 
 from kiisrv.ccache import is_client_volume_name
@@ -32,6 +35,9 @@ from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED
 
 # Largest create body read (kiisrv's are about 2 KB).
 MAX_CREATE_BODY = 256 * 1024
+# Largest archive uploaded into a build container (its inputs: a few KB of KLL and JSON,
+# a layout of at most KIISRV_MAX_BODY): a server cannot fill the disk through it.
+MAX_ARCHIVE_BODY = 64 * 1024 * 1024
 # Older API versions took a HostConfig on start (privileged, binds): never let one in.
 MIN_API_VERSION = (1, 24)
 # A build's output kept by the engine: json-file, at most this much per file, 2 files.
@@ -68,7 +74,6 @@ class Policy:
     instances: frozenset[str]
     image_prefix: str
     image_tag: str
-    bind_roots: tuple[PurePosixPath, ...]
     volumes: frozenset[str]
     build_user: str
     # Per-client ccaches (ccache.py): this prefix and a pseudonym. Empty: none.
@@ -82,9 +87,6 @@ class Policy:
                 "the socket proxy refuses root build containers: set KIISRV_BUILD_USER "
                 "to the controller image's uid:gid (1000:1000)"
             )
-        for root in self.bind_roots:
-            if not root.is_absolute() or ".." in root.parts or root == PurePosixPath("/"):
-                raise ValueError(f"bind root {root} must be an absolute folder below /")
 
 
 def _is_root(user: str) -> bool:
@@ -110,6 +112,8 @@ _ROUTES: tuple[tuple[frozenset[str], re.Pattern[str], Kind], ...] = tuple(
         (("GET",), rf"/containers/{_CONTAINER}/(json|logs)", Kind.CONTAINER),
         (("POST",), rf"/containers/{_CONTAINER}/(start|wait|kill)", Kind.CONTAINER),
         (("DELETE",), rf"/containers/{_CONTAINER}", Kind.CONTAINER),
+        # A build's inputs in (before start) and outputs out (after exit): no bind mounts.
+        (("GET", "PUT"), rf"/containers/{_CONTAINER}/archive", Kind.CONTAINER),
         (("GET",), r"/volumes", Kind.VOLUMES),
         (("DELETE",), rf"/volumes/{_CONTAINER}", Kind.VOLUME),
     )
@@ -336,20 +340,19 @@ def _check_mount(raw: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     # bind of any host folder) stay empty: _only refuses them.
     mount = _only("Mounts.", raw, {"Type", "Source", "Target", "ReadOnly", "Consistency"})
     source = mount.get("Source")
+    if mount.get("Type") == "bind":
+        # Whatever its path says: the server can write in its data folder, so it could
+        # make that path a symlink to / between any check here and dockerd's mount.
+        raise Refused(f"a bind mount ({source!r}): build containers mount no host folder")
+    if mount.get("Type") == "volume" and source is None:
+        return mount  # anonymous: the build's own folder, removed with it
     if not isinstance(source, str):
-        raise Refused("a mount without a source")
+        raise Refused(f"a {mount.get('Type')!r} mount without a source")
     if mount.get("Type") == "volume":
         if source not in policy.volumes and not _client_volume(source, policy):
             raise Refused(f"volume {source!r} is not the ccache volume or a client ccache")
         return mount
-    if mount.get("Type") != "bind":
-        raise Refused(f"mount type {mount.get('Type')!r} is not allowed")
-    path = PurePosixPath(source)
-    if not path.is_absolute() or ".." in path.parts or "." in source.split("/"):
-        raise Refused(f"bind source {source!r} is not a plain absolute path")
-    if not any(path != root and path.is_relative_to(root) for root in policy.bind_roots):
-        raise Refused(f"bind source {source!r} is outside kiisrv's data folders")
-    return mount
+    raise Refused(f"mount type {mount.get('Type')!r} is not allowed")
 
 
 # -- per-client ccache volumes ---------------------------------------------------------------

@@ -1,5 +1,9 @@
 """One build: stage its inputs, run its container, publish what came out.
 
+The container mounts no host folder: its inputs go in as a tar (``buildio.py``) by the
+archive API, and its output folder comes out the same way once it has exited, checked
+member by member, into ``builds/.work/<hash>``.
+
 The runner knows nothing of other builds: deduplication, admission and slots are the
 queue's (``queue.py``). Its file work (rmtree, os.replace, writing zips) runs in worker
 threads, never on the event loop, and its Engine calls go through the engine's own
@@ -23,9 +27,10 @@ import anyio.to_thread
 
 from kiisrv import ccache, diagnose
 from kiisrv.artifacts import log_tail, publish, write_zip
-from kiisrv.containers import WORK_SUBDIR, build_container_spec
+from kiisrv.buildio import MAX_ARCHIVE_BYTES, UnsafeOutput, extract_output, input_archive
+from kiisrv.containers import IO_DIR, OUT_DIR, WORK_SUBDIR, build_container_spec
 from kiisrv.engine import Engine
-from kiisrv.errors import EngineTimeout, KiisrvError, NotFound
+from kiisrv.errors import EngineNotFound, EngineTimeout, KiisrvError, NotFound
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.settings import Settings
@@ -68,7 +73,10 @@ class Runner:
         if plan.ccache_client and not plan.seeds_cache and self.settings.ccache_clients:
             # For the pruner: when this client's volume was last used.
             await anyio.to_thread.run_sync(ccache.record_use, self.settings, plan.ccache_client)
-        cid = await self.engine.start(spec)
+        inputs = await anyio.to_thread.run_sync(
+            input_archive, job.hash, _inputs(plan), self.settings.build_user
+        )
+        cid = await self.engine.start(spec, inputs=inputs, inputs_at=IO_DIR)
         on_container(cid)
         try:
             try:
@@ -82,6 +90,7 @@ class Runner:
                 )
                 return output
             output = await self.engine.logs(cid)
+            refused = await self._collect(cid, plan)
             if status != 0:
                 job.error = f"the build failed (exit status {status}); end of the log:\n" + (
                     log_tail(output)
@@ -91,10 +100,34 @@ class Runner:
                 )
                 if said:
                     job.error = f"{said}.\n\n{job.error}"
+            if refused is not None:
+                job.error = f"{refused}" + (f"\n\n{job.error}" if job.error else "")
             return output
         finally:
             # Removal must happen even when the build task is cancelled (shutdown).
             await asyncio.shield(self.engine.remove(cid))
+
+    async def _collect(self, cid: str, plan: Plan) -> str | None:
+        """The build's output folder, out of the stopped container into the work folder
+        (``_publish`` takes the zip from there); why it was not, if it was not.
+
+        The archive is the build's: too large, or holding anything but plain files (a
+        link to / would have the server write through it), and it is refused whole.
+        """
+        job = plan.job
+        try:
+            archive = await self.engine.get_archive(cid, OUT_DIR, MAX_ARCHIVE_BYTES)
+            await anyio.to_thread.run_sync(self._extract, archive, self.work_dir / job.hash)
+        except EngineNotFound:
+            return None  # the build removed its output folder: no zip, said by _publish
+        except UnsafeOutput as exc:
+            log.warning("build %s: output refused: %s", job.hash, exc)
+            return f"the build's output was refused: {exc}"
+        except OSError as exc:
+            log.error("could not store the output of build %s: %s", job.hash, exc)
+            job.retry_later = True
+            return f"could not store the build result: {exc.strerror or exc}"
+        return None
 
     async def execute(
         self, plan: Plan, slots: asyncio.Semaphore, on_container: Callable[[str], None]
@@ -158,16 +191,24 @@ class Runner:
             d.mkdir(parents=True, exist_ok=True)
 
     def _write_inputs(self, plan: Plan) -> None:
+        """A record of the inputs (what the error zip of a build cut short by a restart
+        holds; pruned with the zips), never mounted: the build gets them by the archive
+        API (``run``)."""
         config = self.settings.config_dir / plan.job.hash
         shutil.rmtree(config, ignore_errors=True)
         config.mkdir(parents=True)
         for f in plan.files:
             (config / f.name).write_text(f.content, encoding="utf-8")
         (config / plan.layout_name).write_bytes(plan.layout_json)
-        work = self.work_dir / plan.job.hash
+        shutil.rmtree(self.work_dir / plan.job.hash, ignore_errors=True)
+
+    def _extract(self, archive: bytes, work: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        work.chmod(0o777)  # the build may run as another uid than the server
+        try:
+            extract_output(archive, work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)  # no half-written zip left to publish
+            raise
 
     def _publish(self, plan: Plan, output: bytes) -> None:
         job = plan.job
@@ -226,6 +267,14 @@ class Runner:
     def _clear_work(self) -> None:
         for leftover in self.work_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _inputs(plan: Plan) -> dict[str, bytes]:
+    """What the build reads from its KLL folder: the .kll files and the layout JSON."""
+    return {
+        **{f.name: f.content.encode("utf-8") for f in plan.files},
+        plan.layout_name: plan.layout_json,
+    }
 
 
 def _error_members(plan: Plan, output: bytes) -> dict[str, bytes]:

@@ -47,16 +47,6 @@ class Settings(BaseSettings):
         alias="KIISRV_LAYOUTS_DIR",
         description="The keyboards' layout JSON files.",
     )
-    host_tmp_config: Path | None = Field(
-        None,
-        alias="HOST_TMP_CONFIG",
-        description="Host path of `<data>/config`, when the server runs in a container.",
-    )
-    host_tmp_builds: Path | None = Field(
-        None,
-        alias="HOST_TMP_BUILDS",
-        description="Host path of `<data>/builds`, when the server runs in a container.",
-    )
     docker_url: str = Field(
         "unix:///var/run/docker.sock", alias="DOCKER_HOST", description="Engine API endpoint."
     )
@@ -210,13 +200,6 @@ class Settings(BaseSettings):
         alias="KIISRV_PROXY_INSTANCES",
         description="Socket proxy: instances (comma separated) whose build containers it "
         "lets be started, inspected, killed and removed; empty: `KIISRV_INSTANCE`.",
-    )
-    proxy_bind_roots: str = Field(
-        "",
-        alias="KIISRV_PROXY_BIND_ROOTS",
-        description="Socket proxy: host folders (comma separated) below which build "
-        "containers may bind-mount; empty: `HOST_TMP_CONFIG` and `HOST_TMP_BUILDS` "
-        "(else `<data>/config`, `<data>/builds`).",
     )
 
     queue_url: str | None = Field(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from pathlib import PurePosixPath
 from typing import Any
 
 import httpx
@@ -25,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from kiisrv.ccache import client_volume_prefix
 from kiisrv.enginepolicy import (
+    MAX_ARCHIVE_BODY,
     MAX_CREATE_BODY,
     Call,
     Kind,
@@ -59,15 +59,10 @@ _HOP_BY_HOP = {
 def policy(settings: Settings) -> Policy:
     """The rule for this deployment, from the same variables the server reads."""
     instances = [i.strip() for i in settings.proxy_instances.split(",") if i.strip()]
-    roots = [r.strip() for r in settings.proxy_bind_roots.split(",") if r.strip()] or [
-        str(settings.host_tmp_config or settings.config_dir.absolute()),
-        str(settings.host_tmp_builds or settings.builds_dir.absolute()),
-    ]
     return Policy(
         instances=frozenset(instances or [settings.instance]),
         image_prefix=settings.image_prefix,
         image_tag=settings.image_tag,
-        bind_roots=tuple(PurePosixPath(r) for r in roots),
         volumes=frozenset([settings.ccache_volume]),
         build_user=settings.build_user,
         client_volume_prefix=client_volume_prefix(settings),
@@ -124,6 +119,8 @@ class SocketProxy:
             body = None
             if call.kind is Kind.CREATE:
                 body = json.dumps(check_create(await _json(request), self.policy)).encode()
+            elif method == "PUT":  # a build's inputs, into its own container (owner-checked)
+                body = await _bounded(request, MAX_ARCHIVE_BODY, "archive")
             return await self._forward(method, call.path, query, body)
         except Refused as exc:
             log.warning("refused %s %s: %s", method, path, exc.reason)
@@ -157,7 +154,9 @@ class SocketProxy:
     async def _forward(
         self, method: str, path: str, query: Sequence[tuple[str, str]], body: bytes | None
     ) -> Response:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {}
+        if body is not None:
+            headers["Content-Type"] = "application/x-tar" if method == "PUT" else "application/json"
         upstream = await self.engine.send(
             self.engine.build_request(
                 method, path, params=list(query), content=body, headers=headers
@@ -180,13 +179,19 @@ class SocketProxy:
         )
 
 
-async def _json(request: Request) -> Any:
-    """The create body, read up to a bound: a build's is a few KB."""
+async def _bounded(request: Request, limit: int, what: str) -> bytes:
+    """A request body, read up to a bound."""
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
-        if len(data) > MAX_CREATE_BODY:
-            raise Refused("create body too large")
+        if len(data) > limit:
+            raise Refused(f"{what} body too large")
+    return bytes(data)
+
+
+async def _json(request: Request) -> Any:
+    """The create body, read up to a bound: a build's is a few KB."""
+    data = await _bounded(request, MAX_CREATE_BODY, "create")
     try:
         return json.loads(data)
     except ValueError:
@@ -199,10 +204,9 @@ def run(settings: Settings, host: str, port: int) -> None:
 
     rule = policy(settings)
     log.info(
-        "socket proxy on %s:%d for instances %s, binds under %s",
+        "socket proxy on %s:%d for instances %s (no bind mounts)",
         host,
         port,
         ", ".join(sorted(rule.instances)),
-        ", ".join(map(str, rule.bind_roots)),
     )
     uvicorn.run(SocketProxy(rule, engine_socket(settings)), host=host, port=port, log_level="info")

@@ -15,6 +15,10 @@ if [ -n "$sleep_for" ]; then
 	echo "kll (test double): sleeping ${sleep_for}s as asked"
 	sleep "$sleep_for"
 fi
+if grep -q KIISRV_TEST_OUT_LINK "$@"; then  # a hostile build: a link to / in its output
+	ln -sfn / "${OUT_DIR:?}/escape.zip"
+	echo "kll (test double): left a symlink to / in ${OUT_DIR} as asked"
+fi
 if grep -q KIISRV_TEST_FAIL "$@"; then
 	fail "error: failing as asked by KIISRV_TEST_FAIL"
 fi

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import secrets
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,65 @@ def test_bind_mount_of_host_root_refused(
     assert docker_client.containers.list(all=True, filters={"name": f"{TEST_PREFIX}attack-"}) == []
 
 
+@pytest.mark.parametrize("where", ["config", "builds/.work"])
+def test_a_symlink_to_the_host_root_below_the_data_folder_is_refused(
+    through: DockerClient, docker_client: DockerClient, docker_settings: Settings, where: str
+) -> None:
+    """Attack: the server can write in its data folder, so it replaces a build's folder
+    by a symlink to / and asks for a bind mount of it: the path text is below the data
+    folder, but dockerd follows the link on the host. Refused: every bind mount is,
+    whatever its path (builds get their files through the archive API)."""
+    link = docker_settings.data_dir / where / secrets.token_hex(16)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to("/")
+    with pytest.raises(docker.errors.APIError) as refused:
+        create(through, docker_settings, mounts=[Mount("/mnt/builds", str(link), type="bind")])
+    assert_refused(refused.value)
+    assert docker_client.containers.list(all=True, filters={"name": f"{TEST_PREFIX}attack-"}) == []
+
+
+@pytest.mark.parametrize("where", ["config/h", "builds/.work/h", "/tmp"])
+def test_no_bind_mount_passes(
+    through: DockerClient, docker_client: DockerClient, docker_settings: Settings, where: str
+) -> None:
+    """Attack: any host folder, even a plain one where kiisrv used to mount its own.
+    Refused: 403, nothing created."""
+    source = docker_settings.data_dir / where
+    source.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(docker.errors.APIError) as refused:
+        create(through, docker_settings, mounts=[Mount("/mnt/x", str(source), type="bind")])
+    assert_refused(refused.value)
+    with pytest.raises(docker.errors.APIError) as refused:
+        create(through, docker_settings, binds=[f"{source}:/mnt/x"])
+    assert_refused(refused.value)
+    assert docker_client.containers.list(all=True, filters={"name": f"{TEST_PREFIX}attack-"}) == []
+
+
+def _tar(name: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        info = tarfile.TarInfo(name)
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"hi\n"))
+    return buf.getvalue()
+
+
+def test_a_build_container_gets_its_files_through_the_archive_api(
+    through: DockerClient, docker_settings: Settings
+) -> None:
+    """Not an attack: an anonymous volume, and files in and out of kiisrv's own
+    container, are what every build now does instead of bind mounts."""
+    name = create(through, docker_settings, mounts=[Mount("/mnt/io", None, type="volume")])
+    try:
+        assert through.api.put_archive(name, "/mnt/io", _tar("in.kll"))
+        stream, _ = through.api.get_archive(name, "/mnt/io/in.kll")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as t:
+            member = t.extractfile("in.kll")
+            assert member is not None and member.read() == b"hi\n"
+    finally:
+        through.api.remove_container(name, force=True, v=True)
+
+
 @pytest.fixture
 def foreign(docker_client: DockerClient) -> Iterator[Any]:
     """A neighbour on the same engine (say, Redis) with a secret in its environment."""
@@ -161,6 +222,8 @@ def foreign(docker_client: DockerClient) -> Iterator[Any]:
         ("remove it", lambda api, c: api.remove_container(c, force=True)),
         ("wait on it", lambda api, c: api.wait(c, timeout=5)),
         ("start it", lambda api, c: api.start(c)),
+        ("plant a file in it", lambda api, c: api.put_archive(c, "/tmp", _tar("planted"))),
+        ("copy its files out", lambda api, c: b"".join(api.get_archive(c, "/etc/hostname")[0])),
     ],
 )
 def test_foreign_container_untouchable(
