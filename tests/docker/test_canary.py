@@ -15,6 +15,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from docker import DockerClient
@@ -202,9 +203,9 @@ async def test_the_build_from_nothing_runs_cold_and_leaves_the_served_zip_alone(
     started: list[ContainerSpec] = []
     start = server.engine.start
 
-    async def watch(spec: ContainerSpec) -> str:
+    async def watch(spec: ContainerSpec, **kw: Any) -> str:
         started.append(spec)
-        return await start(spec)
+        return await start(spec, **kw)
 
     server.engine.start = watch  # type: ignore[method-assign]
     try:
