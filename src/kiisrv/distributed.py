@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import time
 from collections import Counter
@@ -68,6 +69,9 @@ WORKER_PREFIX = "kiisrv:worker:"
 
 def queue_name(image_id: str) -> str:
     return f"kiisrv:queue:{image_id}"
+
+
+_QUEUE_RE = re.compile(rb"kiisrv:queue:sha256:[0-9a-f]{64}")
 
 
 def result_key(hash_: str) -> str:
@@ -196,9 +200,43 @@ class RedisQueue(InFlightQueue):
         self.runner = runner
         self.redis = redis
         self.wire = wire(settings)
+        self._queues: dict[str, str] = {}  # hash -> the queue this server put it on
 
-    def _waiting(self) -> int:
-        return len(self._inflight)  # queued or running, they all wait on the workers
+    async def _waiting(self) -> int:
+        """Builds waiting in the whole cluster, not only this server's: KIISRV_MAX_QUEUE
+        is the cluster's (N API servers let N x the queue in)."""
+        try:
+            queues = [
+                q
+                async for q in self.redis.scan_iter(match=queue_name("*"), count=1000)
+                if _QUEUE_RE.fullmatch(q)  # not arq's `<queue>:health-check` strings
+            ]
+            ids: list[bytes] = []
+            for q in queues:
+                ids += await self.redis.zrange(q, 0, -1)
+            return len(ids) - await self._running(ids)
+        except RedisError:
+            raise _unreachable(self.settings) from None
+
+    async def _running(self, ids: list[bytes]) -> int:
+        """How many of these queued jobs a worker has taken (arq keeps them queued)."""
+        if not ids:
+            return 0
+        return int(await self.redis.exists(*(in_progress_key_prefix + i.decode() for i in ids)))
+
+    async def position(self, hash_: str) -> int | None:
+        """Its rank in its image's queue, less the builds running from it."""
+        queue = self._queues.get(hash_)
+        if queue is None:
+            return None
+        try:
+            ids = await self.redis.zrange(queue, 0, -1)
+            if hash_.encode() not in ids or await self.redis.exists(in_progress_key_prefix + hash_):
+                return None
+            ahead = ids[: ids.index(hash_.encode())]
+            return len(ahead) - await self._running(ahead)
+        except RedisError:
+            return None
 
     async def live_log(self, hash_: str) -> bytes | None:
         return None  # the output is on the worker's engine; the log comes with the zip
@@ -239,6 +277,7 @@ class RedisQueue(InFlightQueue):
                 raise
         finally:
             self._inflight.pop(job.hash, None)
+            self._queues.pop(job.hash, None)
             if not record.future.done():
                 record.future.set_result(job)
 
@@ -254,6 +293,7 @@ class RedisQueue(InFlightQueue):
             if found and not found[0].retry_later:
                 return found  # a fault (from a worker of an older release) is no result
             payload, signature = self.wire.seal_plan(plan)
+            self._queues[hash_] = queue_name(plan.target.image_id)
             await self.redis.enqueue_job(
                 BUILD_FUNCTION,
                 payload,
