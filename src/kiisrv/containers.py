@@ -137,8 +137,13 @@ def build_container_spec(
     ccache_client: str | None = None,
 ) -> ContainerSpec:
     env = {
-        # ccache's settings are the server's alone: none of the plan's gets through.
-        **{k: v for k, v in environment.items() if not k.startswith("CCACHE_")},
+        # ccache's settings are the server's alone: none of the plan's gets through, but
+        # CCACHE_DISABLE, which only turns it off (the canary's build from nothing).
+        **{
+            k: v
+            for k, v in environment.items()
+            if not k.startswith("CCACHE_") or k == "CCACHE_DISABLE"
+        },
         "HOME": "/tmp",  # writable whatever the uid and the root filesystem
         "IN_DIR": IN_DIR,
         "OUT_DIR": OUT_DIR,
