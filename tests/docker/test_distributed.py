@@ -29,7 +29,6 @@ from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
 from tests.helpers import (
     DOCKER_HOST_2,
-    REDIS_SERVER,
     TEST_CONTAINERS,
     TEST_IMAGE_PREFIX,
     TEST_PREFIX,
@@ -69,16 +68,6 @@ def engine2(docker_client: DockerClient, controller_image: str) -> Iterator[Dock
         if c.name.startswith(TEST_PREFIX):
             c.remove(force=True)
     client.close()
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if not os.path.exists(REDIS_SERVER):
-        skip_or_fail("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 class Cluster:

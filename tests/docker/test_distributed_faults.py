@@ -24,19 +24,7 @@ from docker import DockerClient
 
 from kiisrv import distributed
 from kiisrv.settings import Settings
-from tests.helpers import REDIS_SERVER, RedisServer, ktype, request, serve, skip_or_fail, work
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if not Path(REDIS_SERVER).is_file():
-        skip_or_fail(f"redis-server is not installed ({REDIS_SERVER})")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.helpers import RedisServer, ktype, request, serve, work
 
 
 @pytest.fixture

@@ -23,26 +23,12 @@ from kiisrv import distributed, wire
 from kiisrv.settings import Settings
 from tests.helpers import (
     QUEUE_KEY,
-    REDIS_SERVER,
     RedisServer,
     ktype,
     request,
     serve,
-    skip_or_fail,
     work,
 )
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if not Path(REDIS_SERVER).is_file():
-        skip_or_fail(f"redis-server is not installed ({REDIS_SERVER})")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

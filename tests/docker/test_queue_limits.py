@@ -19,29 +19,15 @@ from docker import DockerClient
 
 from kiisrv.settings import Settings
 from tests.helpers import (
-    REDIS_SERVER,
     RedisServer,
     app_client,
     ktype,
     request,
     serve,
-    skip_or_fail,
     work,
 )
 
 TOKEN = "t" * 40
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if not Path(REDIS_SERVER).is_file():
-        skip_or_fail(f"redis-server is not installed ({REDIS_SERVER})")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

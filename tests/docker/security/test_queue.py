@@ -31,7 +31,6 @@ from kiisrv import distributed
 from kiisrv.jobs import JobState
 from kiisrv.settings import Settings
 from tests.helpers import (
-    REDIS_SERVER,
     RedisServer,
     ktype,
     request,
@@ -49,18 +48,6 @@ class _Payload:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if not Path(REDIS_SERVER).is_file():
-        skip_or_fail(f"redis-server is not installed ({REDIS_SERVER})")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
