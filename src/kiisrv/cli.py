@@ -32,6 +32,13 @@ def _log_config() -> dict[str, Any]:
     return config
 
 
+# Idle keep-alive connections stay open this long. Whoever closes an idle connection must
+# be the side that would not reuse it: clients and proxies in front (httpx 5 s, nginx
+# upstream 60 s) expire theirs first. At uvicorn's 5 s a pooled request could arrive as
+# the server closed and meet a dead socket.
+KEEP_ALIVE_SECONDS = 75
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -48,6 +55,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level="info",
         log_config=_log_config(),
         proxy_headers=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     return 0
 
@@ -64,7 +72,7 @@ def _socket_proxy(args: argparse.Namespace, settings: Settings) -> int:
     from kiisrv import socketproxy
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    socketproxy.run(settings, args.host, args.port)
+    socketproxy.run(settings, args.host, args.port, keep_alive=KEEP_ALIVE_SECONDS)
     return 0
 
 

@@ -198,7 +198,7 @@ async def _json(request: Request) -> Any:
         raise Refused("create body is not JSON") from None
 
 
-def run(settings: Settings, host: str, port: int) -> None:
+def run(settings: Settings, host: str, port: int, keep_alive: int) -> None:
     """Serve until stopped (``kiisrv socket-proxy``)."""
     import uvicorn
 
@@ -209,4 +209,10 @@ def run(settings: Settings, host: str, port: int) -> None:
         port,
         ", ".join(sorted(rule.instances)),
     )
-    uvicorn.run(SocketProxy(rule, engine_socket(settings)), host=host, port=port, log_level="info")
+    uvicorn.run(
+        SocketProxy(rule, engine_socket(settings)),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_keep_alive=keep_alive,
+    )

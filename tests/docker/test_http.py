@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import time
 import zipfile
 from pathlib import Path
@@ -46,3 +47,25 @@ def test_configurator_flow_and_restart(
         assert "Builds: 2 (1 unique)" in http.get("/stats").text
     assert len(build_containers.created()) == 1, "the restarted server rebuilt a finished build"
     assert elapsed < 5
+
+
+def test_idle_keep_alive_connection_is_not_closed_under_a_client(
+    docker_settings: Settings, tmp_path: Path
+) -> None:
+    """A connection idle for longer than a client's keep-alive stays open.
+
+    A pooled client (httpx, a load balancer) reuses an idle connection until its own
+    expiry, 5 s for httpx. When kiisrv closed at the same 5 s, a request sent in that
+    window met a closed socket (httpx.ReadError in test_load under CI load). The server
+    must keep idle connections longer than the clients and proxies in front of it.
+    """
+    request_line = b"GET /healthz HTTP/1.1\r\nHost: kiisrv\r\n\r\n"
+    with serve(docker_settings, tmp_path / "server.log") as live:
+        host, port = live.base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(request_line)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(6)
+            conn.sendall(request_line)
+            answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
