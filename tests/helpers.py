@@ -286,6 +286,30 @@ def release_build_args(raw: bytes) -> dict[str, str]:
     }
 
 
+RELEASE_LABELS = ("tag", "commit", "date", "hash")
+
+
+def unlabelled_test_image(client: Any, tag: str, *run: str) -> str:
+    """The test double as ``docker compose build`` alone leaves an image: its release
+    labels empty (no label.sh, no second build), ``/controller/kiisrv-version.json`` as
+    its build wrote it, unless ``run`` (shell commands, as root) changes it. Tagged
+    ``tag``; its id."""
+    import io
+
+    base = f"{TEST_IMAGE_PREFIX}{TEST_CONTAINERS[0]}:latest"
+    empty = " ".join(f'io.kiisrv.release.{k}=""' for k in RELEASE_LABELS)
+    lines = [f"FROM {base}", "USER root", *(f"RUN {cmd}" for cmd in run), f"LABEL {empty}"]
+    image, _ = client.images.build(
+        fileobj=io.BytesIO("\n".join(lines).encode()),
+        tag=tag,
+        rm=True,
+        forcerm=True,
+        network_mode="none",
+    )
+    assert not any(image.labels.get(f"io.kiisrv.release.{k}") for k in RELEASE_LABELS)
+    return str(image.id)
+
+
 class Events:
     """This test's build containers, as the daemon saw them."""
 

@@ -1,9 +1,11 @@
 #!/bin/sh
-# Adds the release labels (io.kiisrv.release.*) to controller images, so the server
-# reads a version's details with the image list instead of a container per image.
-# The values are what the image's own build computed with git
-# (/controller/kiisrv-version.json); a Dockerfile LABEL cannot compute them, so they
-# are read back here and put on a one-instruction image on top (no layer, same tag).
+# Optional. Adds the release labels (io.kiisrv.release.*) to controller images. The
+# server needs no labels: without them it reads /controller/kiisrv-version.json out of
+# the image once per image id (a container created and removed, never started) and
+# remembers it (config.db). With them it reads the details with the image list, and
+# they win over the file. The values are what the image's own build computed with git;
+# a Dockerfile LABEL cannot compute them, so they are read back here and put on a
+# one-instruction image on top (no layer, same tag).
 #
 #   docker/controller/label.sh kiisrv-controller-057:latest [more images...]
 set -eu

@@ -132,3 +132,23 @@ def extract_output(archive: bytes, dest: Path, *, max_bytes: int = MAX_OUTPUT_BY
     except tarfile.TarError as exc:
         raise UnsafeOutput(f"the output is not a readable tar archive: {exc}") from None
     return [name for _, name in files]
+
+
+def single_file(archive: bytes, name: str, *, max_bytes: int) -> bytes:
+    """The content of the one plain file ``name`` that ``GET .../archive?path=<a file>``
+    answers with; UnsafeOutput for anything else (a link, a folder, more members, a
+    file over ``max_bytes``): an image's file is only read, never extracted."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            members = tar.getmembers()
+            if len(members) != 1 or members[0].name != name or not members[0].isreg():
+                found = [(m.name, m.type.decode(errors="replace")) for m in members[:3]]
+                raise UnsafeOutput(f"not the one plain file {name!r}: {found}")
+            if members[0].size > max_bytes:
+                raise UnsafeOutput(f"{name!r} is larger than {max_bytes} bytes")
+            source = tar.extractfile(members[0])
+            if source is None:  # pragma: no cover - isreg() members always have data
+                raise UnsafeOutput(f"{name!r} has no data")
+            return source.read()
+    except tarfile.TarError as exc:
+        raise UnsafeOutput(f"not a readable tar archive: {exc}") from None

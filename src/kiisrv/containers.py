@@ -28,6 +28,9 @@ WORK_SUBDIR = ".work"
 LABEL_MANAGED = "io.kiisrv.managed"
 LABEL_INSTANCE = "io.kiisrv.instance"
 LABEL_HASH = "io.kiisrv.hash"
+# What a container of kiisrv's is for, when it is not a build: "release" (the reader of
+# an image's release file, release_reader_spec).
+LABEL_PURPOSE = "io.kiisrv.purpose"
 
 
 @dataclass(frozen=True)
@@ -167,4 +170,38 @@ def build_container_spec(
         pids_limit=settings.build_pids,
         user=settings.build_user or None,
         read_only=settings.build_read_only,
+    )
+
+
+def release_reader_spec(
+    settings: Settings, *, image: str, image_id: str, suffix: str
+) -> ContainerSpec:
+    """The container an image's release file is copied out of (``Engine.read_file``):
+    created and removed, never started. The build containers' labels (the socket proxy
+    lets kiisrv create and read only its own containers) and their confinement (no
+    network, no mount, the build user, a read-only root), so that the socket proxy's
+    create rule passes it unchanged; the smallest limits the engine takes, in case
+    anything ever started it; no command of its own (the image's entrypoint is
+    build.sh, which does nothing without a job)."""
+    short = image_id.removeprefix("sha256:")[:12]
+    return ContainerSpec(
+        name=f"{settings.instance}-release-{short}-{suffix}",
+        image=image,
+        command=[],
+        environment={},
+        mounts=[],
+        labels={
+            LABEL_MANAGED: "1",
+            LABEL_INSTANCE: settings.instance,
+            LABEL_PURPOSE: "release",
+        },
+        mem_limit="32m",
+        nano_cpus=0,
+        pids_limit=8,
+        user=settings.build_user or None,
+        tmpfs={},
+        network_disabled=True,
+        read_only=True,
+        log_max_size="64k",
+        log_max_files=1,
     )

@@ -71,6 +71,53 @@ def _epoch(created: object) -> float:
         return time.time()
 
 
+def _create(c: DockerClient, spec: ContainerSpec) -> str:
+    """The container of ``spec``, created (not started): every container kiisrv makes,
+    shaped as the socket proxy's create rule expects (``enginepolicy.check_create``)."""
+    host_config = c.api.create_host_config(
+        mounts=[
+            Mount(m.target, m.source, type=m.type, read_only=m.read_only)  # type: ignore[arg-type]
+            for m in spec.mounts
+        ],
+        mem_limit=spec.mem_limit,
+        memswap_limit=spec.mem_limit,
+        nano_cpus=spec.nano_cpus,
+        pids_limit=spec.pids_limit,
+        tmpfs=spec.tmpfs,
+        network_mode="none" if spec.network_disabled else None,
+        read_only=spec.read_only,
+        cap_drop=["ALL"],
+        # Only a build running as root needs them: /controller is the build uid's.
+        cap_add=None if spec.user else ["CHOWN", "DAC_OVERRIDE", "FOWNER"],
+        security_opt=["no-new-privileges"],
+        log_config=LogConfig(
+            type=LogConfig.types.JSON,
+            config={"max-size": spec.log_max_size, "max-file": str(spec.log_max_files)},
+        ),
+    )
+    cid: str = c.api.create_container(
+        spec.image,
+        command=spec.command,
+        environment=spec.environment,
+        labels=spec.labels,
+        name=spec.name,
+        user=spec.user,
+        host_config=host_config,
+        network_disabled=spec.network_disabled,
+    )["Id"]
+    return cid
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """A file read out of an image: the id of the image the container was really made
+    from (its name may have moved meanwhile), and the tar the archive API answered,
+    None when the image has no such path."""
+
+    image_id: str
+    archive: bytes | None
+
+
 # Threads beyond one per running build: image lists, logs, starts, removals, pings.
 SPARE_THREADS = 8
 
@@ -196,6 +243,39 @@ class Engine:
             return False
         return True
 
+    # -- an image's file ---------------------------------------------------------------
+
+    async def read_file(self, spec: ContainerSpec, path: str, max_bytes: int) -> ImageFile:
+        """One file of ``spec.image``, through a container created from it and never
+        started (no process of the image runs): the file copied out by the archive API
+        as a tar, the container removed whatever happens. UnsafeOutput past
+        ``max_bytes``; EngineNotFound when the image or the container went away."""
+
+        def copy(c: DockerClient, cid: str) -> bytes | None:
+            try:
+                stream, _ = c.api.get_archive(cid, path, chunk_size=64 * 1024)
+            except docker.errors.NotFound:
+                return None  # the path, or the container: the inspect below tells which
+            data = bytearray()
+            for chunk in stream:
+                data += chunk
+                if len(data) > max_bytes:
+                    raise UnsafeOutput(f"{path} is larger than {max_bytes} bytes")
+            return bytes(data)
+
+        def run(c: DockerClient) -> ImageFile:
+            cid = _create(c, spec)
+            try:
+                archive = copy(c, cid)
+                # After the copy: a container still there had no such path.
+                image_id = str(c.api.inspect_container(cid)["Image"])
+            finally:
+                with contextlib.suppress(docker.errors.DockerException):
+                    c.api.remove_container(cid, force=True, v=True)
+            return ImageFile(image_id, archive)
+
+        return await self._call(f"read {path} of {spec.image}", run)
+
     # -- one build -------------------------------------------------------------------
 
     async def start(self, spec: ContainerSpec, *, inputs: bytes, inputs_at: str) -> str:
@@ -207,37 +287,7 @@ class Engine:
         """
 
         def run(c: DockerClient) -> str:
-            host_config = c.api.create_host_config(
-                mounts=[
-                    Mount(m.target, m.source, type=m.type, read_only=m.read_only)  # type: ignore[arg-type]
-                    for m in spec.mounts
-                ],
-                mem_limit=spec.mem_limit,
-                memswap_limit=spec.mem_limit,
-                nano_cpus=spec.nano_cpus,
-                pids_limit=spec.pids_limit,
-                tmpfs=spec.tmpfs,
-                network_mode="none" if spec.network_disabled else None,
-                read_only=spec.read_only,
-                cap_drop=["ALL"],
-                # Only a build running as root needs them: /controller is the build uid's.
-                cap_add=None if spec.user else ["CHOWN", "DAC_OVERRIDE", "FOWNER"],
-                security_opt=["no-new-privileges"],
-                log_config=LogConfig(
-                    type=LogConfig.types.JSON,
-                    config={"max-size": spec.log_max_size, "max-file": str(spec.log_max_files)},
-                ),
-            )
-            cid: str = c.api.create_container(
-                spec.image,
-                command=spec.command,
-                environment=spec.environment,
-                labels=spec.labels,
-                name=spec.name,
-                user=spec.user,
-                host_config=host_config,
-                network_disabled=spec.network_disabled,
-            )["Id"]
+            cid = _create(c, spec)
             try:
                 c.api.put_archive(cid, inputs_at, inputs)
                 c.api.start(cid)

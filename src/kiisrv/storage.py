@@ -1,4 +1,5 @@
-"""SQLite storage: ``config.db`` (Versions) and ``stats.db`` (Builds; Requests by default).
+"""SQLite storage: ``config.db`` (Versions, ImageReleases) and ``stats.db`` (Builds;
+Requests by default).
 
 The Requests table keeps the reference schema so existing statistics carry over.
 Builds is new: one row per distinct build, so that a build accepted before a restart
@@ -56,6 +57,14 @@ CREATE TABLE IF NOT EXISTS Versions (
     channel   TEXT,
     container TEXT,
     git_tag   TEXT
+);
+-- Each controller image's /controller/kiisrv-version.json, read once (catalog.py): an
+-- image never changes under its id. NULL file: the image has none; empty: unusable
+-- (too large, not a plain file). Judged when loaded, by the server of the day.
+CREATE TABLE IF NOT EXISTS ImageReleases (
+    image_id TEXT PRIMARY KEY,
+    file     BLOB,
+    read_at  TEXT NOT NULL
 );
 """
 
@@ -192,6 +201,30 @@ class Storage:
                 "SELECT name, channel, container, git_tag FROM Versions ORDER BY rowid"
             ).fetchall()
         return [Version(*row) for row in rows]
+
+    # -- release files of images (catalog.py) -------------------------------------------
+
+    def image_releases(self, image_ids: Collection[str]) -> dict[str, bytes | None]:
+        """The release files read before of these images (None: the image has none);
+        an id never read is not in the answer."""
+        ids = sorted(set(image_ids))
+        if not ids:
+            return {}
+        with self._lock():
+            rows = self._config.execute(
+                f"SELECT image_id, file FROM ImageReleases WHERE image_id IN"
+                f" ({', '.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+        return {str(i): None if f is None else bytes(f) for i, f in rows}
+
+    def save_image_release(self, image_id: str, file: bytes | None) -> None:
+        with self._lock():
+            self._config.execute(
+                "INSERT INTO ImageReleases VALUES (?, ?, ?) ON CONFLICT (image_id)"
+                " DO UPDATE SET file = excluded.file, read_at = excluded.read_at",
+                (image_id, file, now().isoformat()),
+            )
 
     # -- requests (the writer's connection) ------------------------------------------
 

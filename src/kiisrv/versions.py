@@ -2,18 +2,22 @@
 
 Release details (commit count, date, hash) used to come from GitHub at start-up; a
 host without a route to GitHub could not start. The controller image records them at
-build time in ``/controller/kiisrv-version.json``, computed by git inside the build;
-since a Dockerfile ``LABEL`` cannot compute them, a second build passes them back in as
-build args and they become image labels (``io.kiisrv.release.*``,
-``docker/controller/label.sh``). The server reads them from the image list it fetches
-anyway: no container, no file copied out of an image, no extra Engine API endpoint.
+build time in ``/controller/kiisrv-version.json``, computed by git inside the build.
+A Dockerfile ``LABEL`` cannot compute them, so they reach the server one of two ways:
+
+- labels (``io.kiisrv.release.*``), put on by ``docker/controller/label.sh`` or a
+  second build with the values as build args: read with the image list, no container;
+- else the file itself, which the catalog copies out of the image once per image id
+  (``catalog.py``) and judges here, strictly: ``release_from_file``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -94,3 +98,49 @@ def release_from_labels(labels: Mapping[str, str]) -> ReleaseInfo | None:
     if not all(values.get(k) for k in ("tag", "commit", "date", "hash")):
         return None
     return release_info(json.dumps(values).encode())
+
+
+# What prepare.sh writes: the tag (it goes into the notes URL), ``git rev-parse`` of it
+# (SHA-1 or SHA-256), ``git rev-list --count`` and ``git log --pretty=%ai``.
+RELEASE_FILE = "/controller/kiisrv-version.json"
+MAX_RELEASE_FILE = 4096
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_HASH = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}")
+
+
+def release_from_file(raw: bytes) -> ReleaseInfo:
+    """The image's ``kiisrv-version.json``, strictly: a JSON object with ``tag``, ``hash``,
+    ``commit`` and ``date`` of prepare.sh's types and forms (no coercion: ``"12"`` is not
+    a count); other keys are ignored. ValueError says what is wrong."""
+    if len(raw) > MAX_RELEASE_FILE:
+        raise ValueError(f"larger than {MAX_RELEASE_FILE} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("not UTF-8 JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in ("tag", "hash", "commit", "date") if k not in data]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    tag, hash_, commit, date = data["tag"], data["hash"], data["commit"], data["date"]
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise ValueError(f"tag {tag!r} is not a git tag name")
+    if not isinstance(hash_, str) or not _HASH.fullmatch(hash_):
+        raise ValueError(f"hash {hash_!r} is not a full git object name")
+    if type(commit) is not int or not 0 < commit < 2**31:
+        raise ValueError(f"commit {commit!r} is not a commit count")
+    if not isinstance(date, str) or not _DATE.fullmatch(date):
+        raise ValueError(f"date {date!r} is not git's %ai form")
+    try:
+        datetime.strptime(date, "%Y-%m-%d %H:%M:%S %z")
+    except ValueError:
+        raise ValueError(f"date {date!r} is not a date") from None
+    return ReleaseInfo(
+        commit=commit,
+        date=date,
+        hash=hash_,
+        bcd=bcd(commit),
+        notes=f"https://github.com/kiibohd/controller/releases/tag/{tag}",
+    )
