@@ -24,11 +24,14 @@ from kiisrv.catalog import Available
 from kiisrv.jobs import Job, JobState
 from kiisrv.kll import BuildParams, KllFile
 from kiisrv.planner import Plan
+from kiisrv.results import ResultStore
 from kiisrv.settings import Settings
 from kiisrv.versions import Version
 from tests.helpers import QUEUE_KEY, REDIS_SERVER, RedisServer, skip_or_fail
 
 pytestmark = pytest.mark.anyio
+
+STORE = "postgresql://kiisrv:secret@db:5432/kiisrv"
 
 
 @pytest.fixture
@@ -211,20 +214,27 @@ def test_a_result_is_bound_to_its_hash_job_and_zip() -> None:
         w.open_result("f" * 32, found)  # another layout's firmware
 
 
-async def test_a_forged_result_in_redis_is_deleted_not_served(redis_url: str) -> None:
-    """One HSET used to replace a layout's firmware for every API server."""
+async def test_a_result_planted_in_redis_is_deleted_not_served(
+    redis_url: str, stats_url: str
+) -> None:
+    """One HSET used to replace a layout's firmware for every API server. Zips are no
+    longer read from Redis at all (results.py); what is planted under a result's key
+    is deleted, and a stored firmware is served as its worker signed it."""
     redis = distributed.connect(redis_url)
     w = wire.Wire(QUEUE_KEY)
+    store = ResultStore(stats_url, w)
     key = distributed.result_key(HASH)
     job = json.dumps(wire.job_to_dict(_finished()))
     await redis.hset(key, mapping={"job": job, "zip": b"PK evil"})  # type: ignore[misc]
-    assert await distributed.signed_result(redis, w, HASH) is None
+    assert await distributed.stored_result(redis, store, HASH, any_firmware=True) is None
     assert not await redis.exists(key)
 
-    await redis.hset(key, mapping=w.seal_result(_finished(), b"PK good"))  # type: ignore[misc]
-    found = await distributed.signed_result(redis, w, HASH)
-    assert found is not None and found[1] == b"PK good"
+    await store.put(_finished(), b"PK good")
+    await redis.hset(key, mapping={"job": job, "zip": b"PK evil"})  # type: ignore[misc]
+    found = await distributed.stored_result(redis, store, HASH, any_firmware=True)
+    assert found is not None and found.data == b"PK good"
     await redis.aclose()
+    await store.close()
 
 
 async def test_a_planted_worker_advert_is_ignored(redis_url: str) -> None:
@@ -258,7 +268,8 @@ async def test_a_planted_worker_advert_is_ignored(redis_url: str) -> None:
 def test_a_queue_without_secrets_is_refused_at_start(
     url: str, key: str | None, problem: str
 ) -> None:
-    env = {"KIISRV_QUEUE_URL": url, **({"KIISRV_QUEUE_KEY": key} if key else {})}
+    env = {"KIISRV_QUEUE_URL": url, "KIISRV_STORE_URL": STORE}
+    env |= {"KIISRV_QUEUE_KEY": key} if key else {}
     with pytest.raises(ValueError, match=problem):
         Settings.from_env(env)
 
@@ -275,12 +286,41 @@ def test_a_queue_without_secrets_is_refused_at_start(
     ],
 )
 def test_a_queue_with_its_secrets_is_accepted(url: str) -> None:
-    s = Settings.from_env({"KIISRV_QUEUE_URL": url, "KIISRV_QUEUE_KEY": QUEUE_KEY})
+    s = Settings.from_env(
+        {"KIISRV_QUEUE_URL": url, "KIISRV_QUEUE_KEY": QUEUE_KEY, "KIISRV_STORE_URL": STORE}
+    )
     assert s.queue_key is not None and QUEUE_KEY not in repr(s)
 
 
 def test_a_refused_secret_is_not_printed() -> None:
     """Start-up errors go to logs: the message names the variable, not its value."""
     with pytest.raises(ValueError) as refused:
-        Settings.from_env({"KIISRV_QUEUE_URL": "redis://127.0.0.1/0", "KIISRV_QUEUE_KEY": "s3cr"})
+        Settings.from_env(
+            {
+                "KIISRV_QUEUE_URL": "redis://127.0.0.1/0",
+                "KIISRV_QUEUE_KEY": "s3cr",
+                "KIISRV_STORE_URL": STORE,
+            }
+        )
     assert "KIISRV_QUEUE_KEY" in str(refused.value) and "s3cr" not in str(refused.value)
+
+
+def test_a_queue_without_a_result_store_is_refused_at_start() -> None:
+    """Workers leave finished builds in the store for every API server: without one a
+    download sent to another API server than the one that waited was a 404 (#15.1)."""
+    env = {"KIISRV_QUEUE_URL": "redis://127.0.0.1/0", "KIISRV_QUEUE_KEY": QUEUE_KEY}
+    with pytest.raises(ValueError, match="KIISRV_STORE_URL"):
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "KIISRV_STATS_URL": STORE}).results_url == STORE
+
+
+def test_a_live_log_is_bound_to_its_build() -> None:
+    """A planted live log could tell a user anything (\"flash this other file\")."""
+    w = wire.Wire(QUEUE_KEY)
+    sealed = w.seal_log(HASH, b"kll: compiling")
+    assert w.open_log(HASH, sealed) == b"kll: compiling"
+    for forged in (sealed[:64] + b"kll: evil", b"0" * 64 + b"kll: compiling", b""):
+        with pytest.raises(wire.Forged):
+            w.open_log(HASH, forged)
+    with pytest.raises(wire.Forged):
+        w.open_log("f" * 32, sealed)  # another build's log

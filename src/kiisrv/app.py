@@ -23,7 +23,6 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiisrv import __version__, canary, metrics, stats, status
-from kiisrv.artifacts import artifact_path
 from kiisrv.core import Kiisrv, Outcome
 from kiisrv.errors import (
     BuildFailed,
@@ -241,7 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/tmp/{name}", response_class=FileResponse)
     async def artifact(name: str) -> FileResponse:
         """A build's zip (or ``_error.zip``), as named in a build answer."""
-        return FileResponse(artifact_path(settings.builds_dir, name), media_type="application/zip")
+        return FileResponse(await server.artifact(name), media_type="application/zip")
 
     @app.get("/versions")
     async def versions() -> dict[str, Any]:

@@ -22,11 +22,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
 from kiisrv import ccache, privacy
+from kiisrv.artifacts import artifact_path, write_bytes
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
 from kiisrv.errors import NotFound, StorageError, Unavailable, UnknownVersion
@@ -35,6 +37,7 @@ from kiisrv.layouts import BaseFile, LayoutStore
 from kiisrv.planner import Plan, Planner
 from kiisrv.queue import BuildQueue, LocalQueue
 from kiisrv.ratelimit import make_limiter
+from kiisrv.results import ResultStore, hash_of
 from kiisrv.retention import PruneResult, prune, prune_ccache_volumes
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
@@ -95,13 +98,17 @@ class Kiisrv:
         self.planner = Planner(self.layouts)
         self.runner = Runner(settings, self.storage, self.engine)
         self.queue: BuildQueue
+        self.results: ResultStore | None = None  # a cluster's (results.py)
         redis = None
         if settings.queue_url:  # builds run on `kiisrv worker`s: docs/distributed.md
             from kiisrv import distributed
 
             redis = distributed.connect(settings.queue_url)
             self.catalog = distributed.WorkerCatalog(settings, self.storage, self.engine, redis)
-            self.queue = distributed.RedisQueue(settings, self.runner, self.storage, redis)
+            self.results = distributed.result_store(settings)
+            self.queue = distributed.RedisQueue(
+                settings, self.runner, self.storage, redis, self.results
+            )
         else:
             self.queue = LocalQueue(
                 self.runner, self.storage, settings.max_builds, settings.max_queue
@@ -244,7 +251,11 @@ class Kiisrv:
         self._answered[hash_] = time.monotonic() + ANSWER_GRACE
 
     async def status(self, hash_: str) -> Job | None:
-        return self.queue.current(hash_) or await self.storage.run(self.storage.load_job, hash_)
+        return (
+            self.queue.current(hash_)
+            or await self.storage.run(self.storage.load_job, hash_)
+            or await self.queue.elsewhere(hash_)
+        )
 
     async def log(self, hash_: str) -> bytes:
         """The build's output so far (running) or its build log (finished)."""
@@ -256,7 +267,26 @@ class Kiisrv:
             return live
         if not job.state.finished:
             return b""  # queued: nothing has run yet
+        with contextlib.suppress(NotFound):
+            await self.artifact(job.zip_name)  # a copy here, if the cluster has it
         return await self.runner.read_log(job)
+
+    async def artifact(self, name: str) -> Path:
+        """The file of ``GET /tmp/<name>``: this server's copy, or one made from the
+        cluster's result store (a load balancer sends downloads to any API server)."""
+        try:
+            return artifact_path(self.settings.builds_dir, name)
+        except NotFound:
+            hash_ = hash_of(name)
+            found = await self.queue.stored(hash_) if hash_ else None
+            if found is None or found[0].zip_name != name:
+                raise
+        job, data = found
+        await anyio.to_thread.run_sync(write_bytes, self.settings.builds_dir / name, data)
+        if await self.storage.run(self.storage.load_job, job.hash) is None:
+            await self.storage.run(self.storage.save_job, job)
+        self._answer(job.hash)  # kept from this server's pruner a while, like an answer
+        return artifact_path(self.settings.builds_dir, name)
 
     # -- retention ---------------------------------------------------------------------
 
@@ -307,6 +337,13 @@ class Kiisrv:
                     log.info("pruned %d builds, %d bytes", result.removed, result.freed_bytes)
                 if not self.settings.queue_url:  # with a queue, the workers' engines have them
                     await prune_ccache_volumes(self.settings, self.engine)
+                if self.results is not None:  # the cluster's retention, run by every server
+                    s = self.settings
+                    gone = await self.results.prune(
+                        s.retention_days * 86400, s.retention_bytes, self.in_use()
+                    )
+                    if gone:
+                        log.info("pruned %d results from the result store", gone)
             except Exception:
                 log.exception("pruning failed; trying again in %g s", self.settings.prune_interval)
             await asyncio.sleep(self.settings.prune_interval)

@@ -12,8 +12,12 @@ Keys (all in the Redis of ``KIISRV_QUEUE_URL``):
   worker that can run it.
 - ``kiisrv:worker:<instance>``: a worker's advertisement (its images and versions),
   expiring after ``KIISRV_WORKER_LEASE`` unless renewed. ``/versions`` is their union.
-- ``kiisrv:result:<hash>``: a finished build's job record, zip (or error zip) and signature, kept
-  ``KIISRV_RESULT_TTL`` seconds; ``kiisrv:done:<hash>`` announces it (pub/sub).
+- ``kiisrv:result:<hash>``: the notice of a finished build (its signature), kept
+  ``KIISRV_RESULT_TTL`` seconds (a failure: ``KIISRV_FAILED_RESULT_TTL``);
+  ``kiisrv:done:<hash>`` announces it (pub/sub). The zip itself is in the result store
+  (results.py), where every API server finds it, not in Redis.
+- ``kiisrv:log:<hash>``: a running build's output so far, refreshed by its worker every
+  second while it runs (``/builds/<hash>/log`` on any API server).
 - arq's own ``arq:in-progress:<hash>`` is renewed by the worker every third of the lease
   and so expires soon after a worker is killed: another worker then takes the build.
 
@@ -22,48 +26,57 @@ an HMAC with ``KIISRV_QUEUE_KEY``, which Redis never sees, and are validated fie
 field; arq's own records are JSON, never pickle. What fails is refused (a job),
 deleted (a result) or ignored (an advert), and logged.
 
-The API server keeps its own job rows, zips and Requests rows: it writes the zip it
-got from Redis into its builds folder (the result store, not file copying). Its
-Requests rows go to the PostgreSQL all API servers share when ``KIISRV_STATS_URL``
-is set (requests_store.py).
+An API server keeps a copy of each zip it answered in its own builds folder, with its
+job row, so that a cache hit stays a file; what it has not got (a download the load
+balancer sent it, the state of a build another server queued) it reads from the store
+and Redis. Its Requests rows go to the PostgreSQL all API servers share when
+``KIISRV_STATS_URL`` is set (requests_store.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
+import shutil
 import signal
 import time
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
 from arq import Retry
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.jobs import Job as ArqJob
+from arq.jobs import SerializationError
 from arq.worker import Worker, func
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from kiisrv.artifacts import write_bytes
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
-from kiisrv.errors import EngineError, KiisrvError, Unavailable
+from kiisrv.errors import EngineError, KiisrvError, StorageError, Unavailable
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.queue import InFlight, InFlightQueue
-from kiisrv.retention import prune_ccache_forever
+from kiisrv.results import ResultStore, Stored, fresh
+from kiisrv.retention import prune, prune_ccache_forever
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
-from kiisrv.storage import Storage
+from kiisrv.storage import Storage, now
 from kiisrv.versions import DEFAULT_VERSIONS, ReleaseInfo, Version
-from kiisrv.wire import Advert, Forged, Wire, plan_from_record, release_of
+from kiisrv.wire import Advert, Forged, PlanRecord, Wire, plan_from_record, release_of
 
 log = logging.getLogger("kiisrv.distributed")
 
 BUILD_FUNCTION = "build"
+# A worker's leftover folders (a kill, a crash) older than this are removed.
+_WORKER_FOLDER_AGE = 600.0
 WORKER_PREFIX = "kiisrv:worker:"
 
 
@@ -80,6 +93,15 @@ def result_key(hash_: str) -> str:
 
 def done_channel(hash_: str) -> str:
     return f"kiisrv:done:{hash_}"
+
+
+def log_key(hash_: str) -> str:
+    return f"kiisrv:log:{hash_}"
+
+
+# What of a running build's output goes to Redis each second: its end (the cap of a
+# build log is larger, and the whole log comes with the zip).
+LIVE_LOG_BYTES = 256 * 1024
 
 
 def job_serializer(data: dict[str, Any]) -> bytes:
@@ -113,6 +135,13 @@ def wire(settings: Settings) -> Wire:
     if settings.queue_key is None:
         raise ValueError("KIISRV_QUEUE_KEY is needed with KIISRV_QUEUE_URL")
     return Wire(settings.queue_key.get_secret_value())
+
+
+def result_store(settings: Settings) -> ResultStore:
+    """The cluster's result store; settings.py makes sure it is named."""
+    if settings.results_url is None:
+        raise ValueError("KIISRV_STORE_URL is needed with KIISRV_QUEUE_URL")
+    return ResultStore(settings.results_url, wire(settings), settings.stats_timeout)
 
 
 def _unreachable(settings: Settings) -> Unavailable:
@@ -194,11 +223,19 @@ def join_adverts(
 class RedisQueue(InFlightQueue):
     """Enqueues builds for ``kiisrv worker``s and waits for their results."""
 
-    def __init__(self, settings: Settings, runner: Runner, storage: Storage, redis: ArqRedis):
+    def __init__(
+        self,
+        settings: Settings,
+        runner: Runner,
+        storage: Storage,
+        redis: ArqRedis,
+        store: ResultStore,
+    ):
         super().__init__(storage, settings.max_queue)
         self.settings = settings
         self.runner = runner
         self.redis = redis
+        self.store = store
         self.wire = wire(settings)
         self._queues: dict[str, str] = {}  # hash -> the queue this server put it on
 
@@ -227,8 +264,14 @@ class RedisQueue(InFlightQueue):
     async def position(self, hash_: str) -> int | None:
         """Its rank in its image's queue, less the builds running from it."""
         queue = self._queues.get(hash_)
-        if queue is None:
-            return None
+        if queue is None:  # queued by another API server?
+            try:
+                record = await self._queued_plan(hash_)
+            except Unavailable:
+                return None
+            if record is None:
+                return None
+            queue = queue_name(record.image_id)
         try:
             ids = await self.redis.zrange(queue, 0, -1)
             if hash_.encode() not in ids or await self.redis.exists(in_progress_key_prefix + hash_):
@@ -239,12 +282,62 @@ class RedisQueue(InFlightQueue):
             return None
 
     async def live_log(self, hash_: str) -> bytes | None:
-        return None  # the output is on the worker's engine; the log comes with the zip
+        """What the worker running it last put in Redis (it runs on the worker's engine)."""
+        try:
+            raw = await self.redis.get(log_key(hash_))
+        except RedisError:
+            return None
+        if raw is None:
+            return None
+        try:
+            return self.wire.open_log(hash_, raw)
+        except Forged as exc:
+            log.warning("ignoring the live log stored for %s: %s", hash_, exc)
+            return None
+
+    async def stored(self, hash_: str) -> tuple[Job, bytes] | None:
+        found = await self.store.get(hash_)
+        return (found.job, found.data) if found else None
+
+    async def _queued_plan(self, hash_: str) -> PlanRecord | None:
+        """The signed plan of a build waiting or running in the queue, whoever queued it."""
+        try:
+            info = await ArqJob(hash_, self.redis, _deserializer=job_deserializer).info()
+        except RedisError:
+            raise _unreachable(self.settings) from None
+        except SerializationError:  # not JSON: planted
+            return None
+        if info is None or len(info.args) != 2:
+            return None
+        try:
+            return self.wire.open_plan(hash_, info.args[0], info.args[1])
+        except Forged:
+            return None
+
+    async def elsewhere(self, hash_: str) -> Job | None:
+        """A build this server has no row of: another API server queued it (it is
+        waiting or running), or a worker finished it (it is in the store)."""
+        job = await self.store.job(hash_)
+        if job is not None:
+            return job
+        record = await self._queued_plan(hash_)
+        if record is None:
+            return None
+        job = record.job.to_job()
+        try:
+            running = await self.redis.exists(in_progress_key_prefix + hash_)
+        except RedisError:
+            raise _unreachable(self.settings) from None
+        job.state = JobState.RUNNING if running else JobState.QUEUED
+        return job
 
     async def close(self) -> None:
-        await super().close()
-        with contextlib.suppress(RedisError):
-            await self.redis.aclose(close_connection_pool=True)
+        try:
+            await super().close()
+        finally:
+            with contextlib.suppress(RedisError):
+                await self.redis.aclose(close_connection_pool=True)
+            await self.store.close()
 
     async def _run(self, plan: Plan, record: InFlight) -> None:
         job = plan.job
@@ -281,15 +374,16 @@ class RedisQueue(InFlightQueue):
             if not record.future.done():
                 record.future.set_result(job)
 
-    async def _result(self, hash_: str) -> tuple[Job, bytes] | None:
+    async def _result(self, hash_: str, *, any_firmware: bool) -> tuple[Job, bytes] | None:
         """The build's signed result; a forged one is deleted (and logged), never served."""
-        return await signed_result(self.redis, self.wire, hash_)
+        found = await stored_result(self.redis, self.store, hash_, any_firmware=any_firmware)
+        return (found.job, found.data) if found else None
 
     async def _remote(self, plan: Plan) -> tuple[Job, bytes]:
         """The build's result from whichever worker ran it (or runs it now)."""
         hash_ = plan.job.hash
         try:
-            found = await self._result(hash_)
+            found = await self._result(hash_, any_firmware=True)
             if found and not found[0].retry_later:
                 return found  # a fault (from a worker of an older release) is no result
             payload, signature = self.wire.seal_plan(plan)
@@ -314,11 +408,11 @@ class RedisQueue(InFlightQueue):
                 async with self.redis.pubsub() as ps:
                     await ps.subscribe(done_channel(hash_))
                     while True:
-                        found = await self._result(hash_)
+                        found = await self._result(hash_, any_firmware=False)
                         if found:
                             return found
                         if not await self.redis.exists(job_key_prefix + hash_):
-                            found = await self._result(hash_)
+                            found = await self._result(hash_, any_firmware=True)
                             if found:
                                 return found
                             raise Unavailable(
@@ -357,6 +451,8 @@ class BuildWorker:
         self.runner = Runner(settings, self.storage, self.engine)
         self.redis = connect(settings.queue_url)
         self.wire = wire(settings)
+        self.store = result_store(settings)
+        self._active: set[str] = set()  # hashes this worker is building
         self._slots = asyncio.Semaphore(settings.max_builds)
         self._claims = asyncio.BoundedSemaphore(settings.max_builds)
         self._queues: dict[str, asyncio.Task[None]] = {}
@@ -367,12 +463,14 @@ class BuildWorker:
         await self.runner.recover()  # this worker's orphan containers, left by a kill
         log.info("worker %s: engine %s, queue %s", self.id, self.settings.docker_url, "redis")
         pruner = asyncio.create_task(prune_ccache_forever(self.settings, self.engine))
+        folders = asyncio.create_task(self._prune_forever())
         try:
             while True:
                 await self._advertise()
                 await asyncio.sleep(self.settings.worker_lease / 3)
         finally:
             pruner.cancel()
+            folders.cancel()
             for task in self._queues.values():
                 task.cancel()
             for task in self._queues.values():
@@ -382,8 +480,33 @@ class BuildWorker:
                 await self.redis.delete(WORKER_PREFIX + self.id)
             with contextlib.suppress(RedisError):
                 await self.redis.aclose(close_connection_pool=True)
+            await self.store.close()
             await anyio.to_thread.run_sync(self.storage.close)
             self.engine.close()
+
+    async def _prune_forever(self) -> None:
+        """What a worker's folders keep once a result is in the store: nothing. A build
+        cleans up after itself; this catches what a kill or a crash left (the folders
+        of builds not running here and older than ten minutes, and their job rows)."""
+        s = self.settings
+        while s.prune_interval > 0:
+            try:
+                busy = set(self._active)
+                result = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        prune,
+                        s.config_dir,
+                        s.builds_dir,
+                        max_age=_WORKER_FOLDER_AGE,
+                        max_bytes=s.retention_bytes,
+                        in_use=busy,
+                    )
+                )
+                before = now() - timedelta(seconds=_WORKER_FOLDER_AGE)
+                await self.storage.run(self.storage.prune_builds, result.hashes, before, busy)
+            except Exception:
+                log.exception("worker %s: pruning its folders failed", self.id)
+            await asyncio.sleep(s.prune_interval)
 
     async def _advertise(self) -> None:
         listed = True
@@ -475,9 +598,11 @@ class BuildWorker:
         except Forged as exc:
             log.warning("worker %s: refusing job %r: %s", self.id, hash_[:64], exc)
             return "refused"
-        if await signed_result(self.redis, self.wire, hash_):
+        if await stored_result(self.redis, self.store, hash_, any_firmware=True):
             return "shared"  # finished meanwhile (a re-enqueue raced with the result)
         hold = asyncio.create_task(self._hold(hash_))
+        pump: asyncio.Task[None] | None = None
+        self._active.add(hash_)
         try:
             image = self._images.get(record.image_id)
             if image is None:
@@ -486,8 +611,13 @@ class BuildWorker:
             job = plan.job
             job.state, job.error, job.retry_later = JobState.QUEUED, None, False
             output = b""
+
+            def running_in(cid: str) -> None:
+                nonlocal pump
+                pump = asyncio.create_task(self._pump_log(hash_, cid))
+
             try:
-                output = await self.runner.execute(plan, self._slots, lambda cid: None)
+                output = await self.runner.execute(plan, self._slots, running_in)
             except (Unavailable, EngineError) as exc:
                 # A fault of this host or its engine (unreachable, an error answer, the
                 # image gone), not of the layout: tried again, here or on another worker,
@@ -505,16 +635,25 @@ class BuildWorker:
                 raise Retry(defer=1)
             path = self.settings.builds_dir / job.zip_name
             data = await anyio.to_thread.run_sync(path.read_bytes)
-            await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+            await self._clean(plan)
+            try:
+                sign = await self.store.put(job, data)
+            except StorageError as exc:  # the store's fault, not the build's: again later
+                log.warning("worker %s: build %s: %s; retrying", self.id, hash_, exc.message)
+                raise Retry(defer=1) from exc
+            if pump is not None:
+                pump.cancel()
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(result_key(hash_))
-                pipe.hset(result_key(hash_), mapping=self.wire.seal_result(job, data))
-                pipe.pexpire(result_key(hash_), int(self._ttl(job) * 1000))
+                pipe.set(result_key(hash_), sign, px=int(self._ttl(job) * 1000))
+                pipe.delete(log_key(hash_))  # the whole log is in the zip now
                 pipe.publish(done_channel(hash_), b"1")
                 await pipe.execute()
             return job.state.value
         finally:
+            self._active.discard(hash_)
             hold.cancel()
+            if pump is not None:
+                pump.cancel()
 
     def _ttl(self, job: Job) -> float:
         """A build that ran and failed is kept briefly (the layout may be fixed soon, and a
@@ -526,22 +665,54 @@ class BuildWorker:
         """Record the try in the worker's own job row, but keep no zip: it is tried again."""
         if not finished:
             await self.runner.finish(plan, output)
-        path = self.settings.builds_dir / plan.job.zip_name
-        await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+        await self._clean(plan)
+
+    async def _clean(self, plan: Plan) -> None:
+        """The build's zip and inputs off this worker's disk (the store has the result)."""
+        s, job = self.settings, plan.job
+
+        def remove() -> None:
+            (s.builds_dir / job.zip_name).unlink(missing_ok=True)
+            shutil.rmtree(s.config_dir / job.hash, ignore_errors=True)
+
+        await anyio.to_thread.run_sync(remove)
+
+    async def _pump_log(self, hash_: str, cid: str) -> None:
+        """The running build's output to Redis each second, for ``/builds/<hash>/log`` on
+        any API server; it expires on its own if this worker dies."""
+        ttl = int(max(3.0, 3 * self.settings.worker_lease) * 1000)
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                output = (await self.engine.logs(cid))[-LIVE_LOG_BYTES:]
+                await self.redis.set(log_key(hash_), self.wire.seal_log(hash_, output), px=ttl)
+            except (KiisrvError, RedisError):
+                pass  # finishing, or Redis away: the next second, or the zip, tells
 
 
-async def signed_result(redis: ArqRedis, wire: Wire, hash_: str) -> tuple[Job, bytes] | None:
-    """A build's result if a worker of this cluster signed it; anything else under its
-    key was planted (or left by a cluster with another key): deleted, never served."""
-    found = await redis.hgetall(result_key(hash_))  # type: ignore[misc]
-    if not found:
-        return None
+async def notice(redis: ArqRedis, hash_: str) -> bytes | None:
+    """The signature a worker left in Redis with a finished build, if it is still there
+    (anything else under the key was planted: deleted)."""
+    key = result_key(hash_)
     try:
-        return wire.open_result(hash_, found)
-    except Forged as exc:
-        log.warning("deleting the result stored for %s: %s", hash_, exc)
-        await redis.delete(result_key(hash_))
+        return await redis.get(key)  # type: ignore[no-any-return]
+    except ResponseError:  # not a string: not ours
+        log.warning("deleting the result notice for %s: not a notice", hash_)
+        await redis.delete(key)
         return None
+
+
+async def stored_result(
+    redis: ArqRedis, store: ResultStore, hash_: str, *, any_firmware: bool
+) -> Stored | None:
+    """A build's result that answers now (results.fresh), signed by a worker of this
+    cluster: a row that fails its signature is deleted by the store, never served.
+    ``any_firmware``: also a firmware whose notice is gone (the store keeps results
+    longer than Redis); otherwise only a build whose notice is there (the wait's test)."""
+    sign = await notice(redis, hash_)
+    if sign is None and not any_firmware:
+        return None
+    return fresh(await store.get(hash_), sign)
 
 
 def run_worker(settings: Settings) -> None:

@@ -50,6 +50,16 @@ class BuildQueue(Protocol):
         """Builds waiting ahead of a queued one (0: it starts next); None: not queued."""
         ...
 
+    async def elsewhere(self, hash_: str) -> Job | None:
+        """A build this server has no row of but its cluster knows (queued by another
+        API server, or finished); None on a single server."""
+        ...
+
+    async def stored(self, hash_: str) -> tuple[Job, bytes] | None:
+        """A finished build's job and zip from the cluster's result store, for a server
+        that has no copy; None on a single server (its folder is its store)."""
+        ...
+
     async def close(self) -> None:
         """Stop the builds in flight; each records its own failure."""
         ...
@@ -117,6 +127,12 @@ class InFlightQueue:
 
     def in_use(self) -> set[str]:
         return set(self._inflight)
+
+    async def elsewhere(self, hash_: str) -> Job | None:
+        return None
+
+    async def stored(self, hash_: str) -> tuple[Job, bytes] | None:
+        return None
 
     async def close(self) -> None:
         tasks = [r.task for r in self._inflight.values() if r.task is not None]

@@ -319,7 +319,7 @@ class _Cooldown:
         left = self._until - time.monotonic()
         if left > 0:
             raise StorageError(
-                "the server cannot use its statistics database: it did not answer in time",
+                "the server cannot use its database (PostgreSQL): it did not answer in time",
                 retry_after=max(1, math.ceil(left)),
             )
 
@@ -351,7 +351,14 @@ class PostgresRequests:
     whole call after ``timeout`` and a second (client side: a hung server).
     """
 
-    def __init__(self, url: str, timeout: float = 5.0, *, schema: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 5.0,
+        *,
+        schema: bool = True,
+        what: str = "statistics database",
+    ) -> None:
         import psycopg  # here, not at import: only this store needs psycopg and libpq
 
         self._psycopg = psycopg
@@ -361,6 +368,7 @@ class PostgresRequests:
         self._lock = threading.Lock()
         self._cooldown = _Cooldown.of(url, timeout)
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._what = what  # in the errors' messages
         self.where = "PostgreSQL"
 
     @contextmanager
@@ -387,11 +395,11 @@ class PostgresRequests:
             if hung:
                 self._cooldown.trip()
                 raise StorageError(
-                    "the server cannot use its statistics database: it did not answer "
+                    f"the server cannot use its {self._what}: it did not answer "
                     f"within {self._timeout:g} s",
                     retry_after=max(1, math.ceil(self._timeout)),
                 ) from exc
-            raise StorageError(f"the server cannot use its statistics database: {exc}") from exc
+            raise StorageError(f"the server cannot use its {self._what}: {exc}") from exc
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         conn = self._psycopg.connect(

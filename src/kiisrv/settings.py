@@ -230,7 +230,8 @@ class Settings(BaseSettings):
         3600.0,
         alias="KIISRV_RESULT_TTL",
         gt=0,
-        description="Distributed: seconds a finished build's zip stays in Redis.",
+        description="Distributed: seconds the notice of a finished build stays in Redis "
+        "(what wakes the API servers waiting for it; the zip is in the result store).",
     )
     failed_ttl: float = Field(
         300.0,
@@ -245,11 +246,18 @@ class Settings(BaseSettings):
         description="PostgreSQL URL of the statistics (Requests) all API servers share; "
         "unset: this server's SQLite.",
     )
+    store_url: str | None = Field(
+        None,
+        alias="KIISRV_STORE_URL",
+        description="Distributed: PostgreSQL URL of the result store every API server and "
+        "worker shares (finished builds' zips, results.py); unset: `KIISRV_STATS_URL`'s "
+        "database. One of the two is needed with `KIISRV_QUEUE_URL`.",
+    )
     stats_timeout: float = Field(
         5.0,
         alias="KIISRV_STATS_TIMEOUT",
         gt=0,
-        description="Seconds one call to the statistics PostgreSQL may take (its "
+        description="Seconds one call to PostgreSQL (statistics, result store) may take (its "
         "statement_timeout, and a deadline of kiisrv's own for a database that hangs); "
         "past it the call fails (503 + Retry-After) and the database is left alone as long.",
     )
@@ -260,7 +268,7 @@ class Settings(BaseSettings):
         description="Distributed: seconds between a worker's looks at its queues.",
     )
 
-    @field_validator("stats_url")
+    @field_validator("stats_url", "store_url")
     @classmethod
     def _postgres(cls, value: str | None) -> str | None:
         if value and not value.startswith(("postgresql://", "postgres://")):
@@ -281,7 +289,18 @@ class Settings(BaseSettings):
                 "KIISRV_QUEUE_KEY must be set with KIISRV_QUEUE_URL: the secret the cluster "
                 "signs its jobs and results with (e.g. `openssl rand -hex 32`)"
             )
+        if self.queue_url and self.results_url is None:
+            raise ValueError(
+                "KIISRV_STORE_URL (or KIISRV_STATS_URL) must be set with KIISRV_QUEUE_URL: "
+                "the PostgreSQL database where workers leave finished builds for every API "
+                "server (postgresql://...)"
+            )
         return self
+
+    @property
+    def results_url(self) -> str | None:
+        """The result store's database: its own, or the statistics' (one PostgreSQL)."""
+        return self.store_url or self.stats_url
 
     @field_validator("status_token")
     @classmethod

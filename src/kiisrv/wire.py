@@ -3,14 +3,17 @@ validated by the receiver before anything is built, written or served.
 
 Redis is the one place every machine of a cluster writes to, so it is where an
 attacker who reaches it (a leaked password, an exposed port, a compromised host) would
-act. Three records cross it, each with an HMAC-SHA256 made with the key the cluster
+act. Four records cross it, each with an HMAC-SHA256 made with the key the cluster
 shares (``KIISRV_QUEUE_KEY``), which Redis never holds:
 
 - a **job** (API server -> worker): the plan of one build. Without the signature a
   planted job would make a worker build and *sign* firmware of the attacker's choosing
   under the hash of someone else's layout;
 - a **result** (worker -> API servers): the job record and the zip, bound to the
-  build's hash, so one ``HSET`` can no longer replace a layout's firmware for everyone;
+  build's hash, so that no one who can write Redis or the result store (results.py)
+  can replace a layout's firmware for everyone;
+- a running build's **log** (worker -> API servers), so that a planted one cannot tell
+  a user to do anything;
 - an **advert** (worker -> API servers): the images a worker has, which become
   ``/versions`` and queue names.
 
@@ -250,13 +253,28 @@ class Wire:
 
     def open_result(self, hash_: str, found: dict[bytes, bytes]) -> tuple[Job, bytes]:
         record, data = found.get(b"job", b""), found.get(b"zip", b"")
-        self.sealer.check(
-            found.get(b"sig"), "result", hash_.encode(), record, hashlib.sha256(data).digest()
-        )
+        return self.open_result_digest(
+            hash_, record, found.get(b"sig"), hashlib.sha256(data).digest()
+        ), data
+
+    def open_result_digest(self, hash_: str, record: bytes, signature: Any, digest: bytes) -> Job:
+        """A result's job, checked against the SHA-256 of its zip rather than the zip:
+        a build's state is read without fetching its firmware (results.py)."""
+        self.sealer.check(signature, "result", hash_.encode(), record, digest)
         job = _parse(JobRecord, record).to_job()
         if job.hash != hash_ or not job.state.finished:
             raise Forged("result: not a finished build of this hash")
-        return job, data
+        return job
+
+    # a running build's output so far: its signature (64 hex digits), then the bytes
+
+    def seal_log(self, hash_: str, output: bytes) -> bytes:
+        return self.sealer.seal("log", hash_.encode(), output).encode() + output
+
+    def open_log(self, hash_: str, raw: bytes) -> bytes:
+        signature, output = raw[:64], raw[64:]
+        self.sealer.check(signature, "log", hash_.encode(), output)
+        return output
 
     # adverts: a JSON value with its signature
 

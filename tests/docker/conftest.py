@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tests.helpers import (
     TEST_IMAGE_PREFIX,
     TEST_PREFIX,
     Events,
+    PostgresServer,
     RedisServer,
     app_client,
     build_test_image,
@@ -113,3 +115,16 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def store_url(postgres: PostgresServer) -> str:
+    """KIISRV_STORE_URL of a new, empty database: the cluster's result store."""
+    return postgres.create_database(f"kiisrv_store_{secrets.token_hex(6)}")
+
+
+@pytest.fixture
+def queue_env(redis: RedisServer, store_url: str) -> dict[str, str]:
+    """What makes ``kiisrv serve`` and ``kiisrv worker`` one cluster: its Redis queue and
+    its result store (the queue key is in every test environment, tests/helpers.py)."""
+    return {"KIISRV_QUEUE_URL": redis.url, "KIISRV_STORE_URL": store_url}

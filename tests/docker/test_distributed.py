@@ -73,8 +73,11 @@ def engine2(docker_client: DockerClient, controller_image: str) -> Iterator[Dock
 class Cluster:
     """Workers (one per engine) and API servers on one Redis."""
 
-    def __init__(self, base: Settings, tmp: Path, redis: RedisServer, stack: Any) -> None:
+    def __init__(
+        self, base: Settings, tmp: Path, redis: RedisServer, env: dict[str, str], stack: Any
+    ) -> None:
         self.base = base
+        self.env = env  # the queue and the result store (conftest.queue_env)
         self.tmp = tmp
         self.redis = redis
         self.stack = stack
@@ -94,7 +97,7 @@ class Cluster:
 
     def start_worker(self, s: Settings, **env: str) -> Any:
         log = self.tmp / f"{s.instance}.log"
-        proc = self.stack.enter_context(work(s, log, KIISRV_QUEUE_URL=self.redis.url, **env))
+        proc = self.stack.enter_context(work(s, log, **{**self.env, **env}))
         self.workers[s.instance] = proc
         return proc
 
@@ -102,9 +105,7 @@ class Cluster:
         s = self.base.replace(data_dir=self.tmp / name, instance=f"{self.base.instance}-{name}")
         if self.stats_url:
             env = {"KIISRV_STATS_URL": self.stats_url, **env}
-        live = self.stack.enter_context(
-            serve(s, self.tmp / f"{name}.log", KIISRV_QUEUE_URL=self.redis.url, **env)
-        )
+        live = self.stack.enter_context(serve(s, self.tmp / f"{name}.log", **{**self.env, **env}))
         self.server_settings.append(s)
         self.bases.append(str(live.base))
         return str(live.base)
@@ -135,10 +136,11 @@ def _cluster(
     docker_settings: Settings,
     engines: list[DockerClient],
     redis: RedisServer,
+    env: dict[str, str],
     tmp_path: Path,
 ) -> Iterator[Cluster]:
     with contextlib.ExitStack() as stack:
-        c = Cluster(docker_settings, tmp_path, redis, stack)
+        c = Cluster(docker_settings, tmp_path, redis, env, stack)
         yield c
         stack.close()
         for client in engines:
@@ -157,18 +159,23 @@ def cluster(
     docker_settings: Settings,
     engine2: DockerClient,
     redis: RedisServer,
+    queue_env: dict[str, str],
     tmp_path: Path,
     docker_client: DockerClient,
 ) -> Iterator[Cluster]:
-    yield from _cluster(docker_settings, [docker_client, engine2], redis, tmp_path)
+    yield from _cluster(docker_settings, [docker_client, engine2], redis, queue_env, tmp_path)
 
 
 @pytest.fixture
 def cluster1(
-    docker_settings: Settings, redis: RedisServer, tmp_path: Path, docker_client: DockerClient
+    docker_settings: Settings,
+    redis: RedisServer,
+    queue_env: dict[str, str],
+    tmp_path: Path,
+    docker_client: DockerClient,
 ) -> Iterator[Cluster]:
     """A cluster on the first engine alone (no second engine needed)."""
-    yield from _cluster(docker_settings, [docker_client], redis, tmp_path)
+    yield from _cluster(docker_settings, [docker_client], redis, queue_env, tmp_path)
 
 
 async def _versions_ready(base: str, timeout: float = 30) -> None:

@@ -59,12 +59,16 @@ async def _results(url: str) -> list[bytes]:
 
 
 def test_an_engine_error_is_tried_again_then_503_and_never_cached(
-    docker_settings: Settings, redis: RedisServer, stack: contextlib.ExitStack, tmp_path: Path
+    docker_settings: Settings,
+    queue_env: dict[str, str],
+    redis: RedisServer,
+    stack: contextlib.ExitStack,
+    tmp_path: Path,
 ) -> None:
     """The worker's engine refuses the container (here: a memory limit under the
     engine's minimum, an error answer like any other): 503 with Retry-After after
     KIISRV_BUILD_TRIES tries, no result in Redis, and the worker keeps no error zip."""
-    tries = {"KIISRV_QUEUE_URL": redis.url, "KIISRV_BUILD_TRIES": "2"}
+    tries = {**queue_env, "KIISRV_BUILD_TRIES": "2"}
     w = docker_settings.replace(data_dir=tmp_path / "w")
     log = tmp_path / "w.log"
     stack.enter_context(work(w, log, KIISRV_BUILD_MEMORY="1k", **tries))
@@ -80,9 +84,13 @@ def test_an_engine_error_is_tried_again_then_503_and_never_cached(
 
 
 def test_a_build_that_ran_and_failed_is_kept_only_briefly(
-    docker_settings: Settings, redis: RedisServer, stack: contextlib.ExitStack, tmp_path: Path
+    docker_settings: Settings,
+    queue_env: dict[str, str],
+    redis: RedisServer,
+    stack: contextlib.ExitStack,
+    tmp_path: Path,
 ) -> None:
-    env = {"KIISRV_QUEUE_URL": redis.url, "KIISRV_FAILED_RESULT_TTL": "30"}
+    env = {**queue_env, "KIISRV_FAILED_RESULT_TTL": "30"}
     stack.enter_context(
         work(docker_settings.replace(data_dir=tmp_path / "w"), tmp_path / "w.log", **env)
     )
@@ -110,7 +118,11 @@ def test_a_build_that_ran_and_failed_is_kept_only_briefly(
 
 
 def test_no_live_worker_is_503_with_retry_after_not_400(
-    docker_settings: Settings, redis: RedisServer, stack: contextlib.ExitStack, tmp_path: Path
+    docker_settings: Settings,
+    queue_env: dict[str, str],
+    redis: RedisServer,
+    stack: contextlib.ExitStack,
+    tmp_path: Path,
 ) -> None:
     """Every lease lapsed (a rolling restart of the workers, a Redis blip): the version
     exists, no one can build it right now. The Configurator showed "unknown version"."""
@@ -118,7 +130,7 @@ def test_no_live_worker_is_503_with_retry_after_not_400(
         serve(
             docker_settings.replace(data_dir=tmp_path / "a"),
             tmp_path / "a.log",
-            KIISRV_QUEUE_URL=redis.url,
+            **queue_env,
         )
     )
     r = asyncio.run(_post(api.base, request(ktype()), wait_for_workers=False))

@@ -68,13 +68,16 @@ async def _ready(http: httpx.AsyncClient, *versions: str) -> None:
 
 
 def test_a_worker_claims_no_more_builds_than_it_can_start(
-    two_images: tuple[Settings, str, str], redis: RedisServer, tmp_path: Path
+    two_images: tuple[Settings, str, str],
+    queue_env: dict[str, str],
+    redis: RedisServer,
+    tmp_path: Path,
 ) -> None:
     """One build slot, two images: the second build stays in the queue, free for any
     other worker, instead of waiting claimed behind the first (with its job timeout
     running). Each image's arq loop had max_builds claims of its own."""
     settings, _, _ = two_images
-    env = {"KIISRV_QUEUE_URL": redis.url}
+    env = {**queue_env}
     with contextlib.ExitStack() as stack:
         stack.enter_context(
             work(settings.replace(data_dir=tmp_path / "w", max_builds=1), tmp_path / "w.log", **env)
@@ -111,13 +114,14 @@ def test_a_worker_claims_no_more_builds_than_it_can_start(
 
 def test_a_worker_stops_taking_the_builds_of_an_image_that_left(
     two_images: tuple[Settings, str, str],
+    queue_env: dict[str, str],
     redis: RedisServer,
     tmp_path: Path,
     docker_client: DockerClient,
 ) -> None:
     settings, latest_id, lts_id = two_images
     log = tmp_path / "w.log"
-    env = {"KIISRV_QUEUE_URL": redis.url, "KIISRV_WORKER_LEASE": "2"}
+    env = {**queue_env, "KIISRV_WORKER_LEASE": "2"}
     with work(settings.replace(data_dir=tmp_path / "w"), log, **env):
 
         async def advertised() -> set[str]:

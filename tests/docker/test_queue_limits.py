@@ -78,13 +78,17 @@ async def test_a_queued_build_says_how_many_start_before_it(
 
 
 def test_the_queue_limit_holds_for_the_whole_cluster(
-    docker_settings: Settings, redis: RedisServer, cleanup: None, tmp_path: Path
+    docker_settings: Settings,
+    queue_env: dict[str, str],
+    redis: RedisServer,
+    cleanup: None,
+    tmp_path: Path,
 ) -> None:
     """One worker with one slot, KIISRV_MAX_QUEUE=1, two API servers: with one build
     running and one waiting (sent to server A), a third sent to server B is refused with
     503 + Retry-After. Each server counted only its own waiting builds: N servers let
     N x the queue in."""
-    env = {"KIISRV_QUEUE_URL": redis.url, "KIISRV_MAX_QUEUE": "1"}
+    env = {**queue_env, "KIISRV_MAX_QUEUE": "1"}
     with contextlib.ExitStack() as stack:
         stack.enter_context(
             work(

@@ -23,6 +23,7 @@ from typing import Any
 
 import docker.errors
 import httpx
+import psycopg
 import pytest
 from arq.connections import ArqRedis
 from docker import DockerClient
@@ -75,6 +76,7 @@ async def _post(base: str, body: dict[str, Any]) -> httpx.Response:
 
 def test_jobs_planted_in_redis_never_run_and_the_worker_keeps_building(
     docker_settings: Settings,
+    queue_env: dict[str, str],
     controller_image: str,
     redis: RedisServer,
     stack: contextlib.ExitStack,
@@ -85,15 +87,13 @@ def test_jobs_planted_in_redis_never_run_and_the_worker_keeps_building(
     (no command, no build container), and goes on building signed jobs."""
     worker_log = tmp_path / "worker.log"
     stack.enter_context(
-        work(
-            docker_settings.replace(data_dir=tmp_path / "w"), worker_log, KIISRV_QUEUE_URL=redis.url
-        )
+        work(docker_settings.replace(data_dir=tmp_path / "w"), worker_log, **queue_env)
     )
     api = stack.enter_context(
         serve(
             docker_settings.replace(data_dir=tmp_path / "a"),
             tmp_path / "a.log",
-            KIISRV_QUEUE_URL=redis.url,
+            **queue_env,
         )
     )
     marker = tmp_path / "pwned"
@@ -128,33 +128,36 @@ def test_jobs_planted_in_redis_never_run_and_the_worker_keeps_building(
     assert containers == []
 
 
-def test_a_forged_result_in_redis_is_not_served_the_layout_is_built(
+def test_a_forged_result_in_redis_or_the_store_is_not_served_the_layout_is_built(
     docker_settings: Settings,
+    queue_env: dict[str, str],
+    store_url: str,
     controller_image: str,
     redis: RedisServer,
     stack: contextlib.ExitStack,
     tmp_path: Path,
 ) -> None:
     """One ``HSET kiisrv:result:<hash>`` with a zip of the attacker's and a job record
-    saying "succeeded": an API server that has not built the layout itself deletes it
-    (no signature) and has the layout built for real."""
+    saying "succeeded", and the zip replaced in the result store's row: an API server
+    that has not built the layout itself serves neither, deletes both (no signature)
+    and has the layout built for real."""
     stack.enter_context(
         work(
             docker_settings.replace(data_dir=tmp_path / "w"),
             tmp_path / "w.log",
-            KIISRV_QUEUE_URL=redis.url,
+            **queue_env,
         )
     )
     a = stack.enter_context(
         serve(
             docker_settings.replace(data_dir=tmp_path / "a"),
             tmp_path / "a.log",
-            KIISRV_QUEUE_URL=redis.url,
+            **queue_env,
         )
     )
     b_log = tmp_path / "b.log"
     b = stack.enter_context(
-        serve(docker_settings.replace(data_dir=tmp_path / "b"), b_log, KIISRV_QUEUE_URL=redis.url)
+        serve(docker_settings.replace(data_dir=tmp_path / "b"), b_log, **queue_env)
     )
     body = request(ktype(custom="# forged result"))
     evil = b"PK\x05\x06" + bytes(18)  # an empty zip: "your firmware"
@@ -178,10 +181,14 @@ def test_a_forged_result_in_redis_is_not_served_the_layout_is_built(
             "duration_ms": 1,
             "retry_later": False,
         }
+        await redis_client.delete(distributed.result_key(hash_))
         await redis_client.hset(  # type: ignore[misc]
             distributed.result_key(hash_), mapping={"job": json.dumps(record), "zip": evil}
         )
         await redis_client.aclose()
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            changed = conn.execute("UPDATE Results SET zip = %s WHERE hash = %s", (evil, hash_))
+            assert changed.rowcount == 1
         second = await _post(b.base, body)
         assert second.status_code == 200, second.text
         async with httpx.AsyncClient(base_url=b.base, timeout=60) as http:
@@ -206,20 +213,25 @@ def _compose() -> list[str]:
 def test_the_distributed_stack_has_no_default_secret() -> None:
     """``change-me`` was the Redis password of every cluster that did not set one, and
     workers reach Redis over the network: compose now refuses to start without the
-    password and the queue key, and the rendered stack holds no example secret."""
+    password, the queue key and the database's password, and the rendered stack holds
+    no example secret."""
     repo = Path(__file__).parents[3]
     files = ["-f", str(repo / "compose.prod.yaml"), "-f", str(repo / "compose.distributed.yaml")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIISRV_")}
-    for missing in ("KIISRV_REDIS_PASSWORD", "KIISRV_QUEUE_KEY"):
-        given = {"KIISRV_REDIS_PASSWORD": "p" * 32, "KIISRV_QUEUE_KEY": "k" * 32}
-        del given[missing]
+    secrets = {
+        "KIISRV_REDIS_PASSWORD": "p" * 32,
+        "KIISRV_QUEUE_KEY": "k" * 32,
+        "KIISRV_DB_PASSWORD": "d" * 32,
+    }
+    for missing in secrets:
+        given = {k: v for k, v in secrets.items() if k != missing}
         refused = subprocess.run(
             [*_compose(), *files, "config"], env={**env, **given}, capture_output=True, text=True
         )
         assert refused.returncode != 0 and missing in refused.stderr, refused.stderr
     ok = subprocess.run(
         [*_compose(), *files, "config"],
-        env={**env, "KIISRV_REDIS_PASSWORD": "p" * 32, "KIISRV_QUEUE_KEY": "k" * 32},
+        env={**env, **secrets},
         capture_output=True,
         text=True,
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,14 +20,12 @@ import pytest
 from kiisrv import privacy
 from kiisrv.settings import Settings
 from tests.helpers import (
-    REDIS_SERVER,
     Events,
     RedisServer,
     ktype,
     redis_contents,
     request,
     serve,
-    skip_or_fail,
     work,
 )
 
@@ -38,23 +35,17 @@ CLIENT_V6 = "2001:db8:77:1::5"
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if not os.path.exists(REDIS_SERVER):
-        skip_or_fail("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def two_servers(
-    docker_settings: Settings, build_containers: Events, redis: RedisServer, tmp_path: Path
+    docker_settings: Settings,
+    build_containers: Events,
+    redis: RedisServer,
+    queue_env: dict[str, str],
+    tmp_path: Path,
 ) -> Iterator[list[str]]:
     """A worker and two API servers on one Redis, with one client key between them
     (docs/distributed.md: the operator copies ``<data>/client-key``)."""
     base = docker_settings.replace(rate_limit=LIMIT)
-    queue = {"KIISRV_QUEUE_URL": redis.url, "KIISRV_TRUSTED_PROXIES": "127.0.0.1"}
+    queue = {**queue_env, "KIISRV_TRUSTED_PROXIES": "127.0.0.1"}
     api = [
         base.replace(data_dir=tmp_path / name, instance=f"{base.instance}-{name}")
         for name in ("api1", "api2")
