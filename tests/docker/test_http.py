@@ -64,8 +64,30 @@ def test_idle_keep_alive_connection_is_not_closed_under_a_client(
         host, port = live.base.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as conn:
             conn.sendall(request_line)
-            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            assert _response(conn).startswith(b"HTTP/1.1 200")
             time.sleep(6)
             conn.sendall(request_line)
-            answer = conn.recv(65536)
+            answer = _response(conn)
     assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+def _response(conn: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (headers, then Content-Length bytes); b"" if closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
