@@ -385,7 +385,9 @@ class RedisQueue(InFlightQueue):
         try:
             found = await self._result(hash_, any_firmware=True)
             if found and not found[0].retry_later:
-                return found  # a fault (from a worker of an older release) is no result
+                return found
+            if found:  # a fault (a timeout) is no result: its notice must not end the wait
+                await self.redis.delete(result_key(hash_))
             payload, signature = self.wire.seal_plan(plan)
             self._queues[hash_] = queue_name(plan.target.image_id)
             await self.redis.enqueue_job(
@@ -598,7 +600,8 @@ class BuildWorker:
         except Forged as exc:
             log.warning("worker %s: refusing job %r: %s", self.id, hash_[:64], exc)
             return "refused"
-        if await stored_result(self.redis, self.store, hash_, any_firmware=True):
+        done = await stored_result(self.redis, self.store, hash_, any_firmware=True)
+        if done and not done.job.retry_later:
             return "shared"  # finished meanwhile (a re-enqueue raced with the result)
         hold = asyncio.create_task(self._hold(hash_))
         pump: asyncio.Task[None] | None = None
@@ -629,7 +632,10 @@ class BuildWorker:
             except KiisrvError as exc:
                 job.error = exc.message
             await self.runner.finish(plan, output)
-            if job.retry_later:  # this host could not store the result (its disk)
+            if job.retry_later and int(ctx.get("job_try") or 1) < self.settings.build_tries:
+                # Timed out, or this host could not store the output (its disk): the
+                # machine's trouble as likely as the layout's. Tried again, the last
+                # try's error is published as what it is, a fault (503, never cached).
                 log.warning("worker %s: build %s: %s; retrying", self.id, hash_, job.error)
                 await self._discard(plan, b"", finished=True)
                 raise Retry(defer=1)

@@ -84,6 +84,9 @@ class Runner:
             except EngineTimeout:
                 await self.engine.kill(cid)
                 output = await self.engine.logs(cid)
+                # A fault, not the layout's failure (#15.2): a loaded host is slow for
+                # every build. 503 + Retry-After, never kept as this layout's result.
+                job.retry_later = True
                 job.error = (
                     f"the build took longer than {self.settings.build_timeout:g} s and was "
                     f"stopped; end of the log:\n{log_tail(output)}"

@@ -24,7 +24,7 @@ from docker import DockerClient
 
 from kiisrv import distributed
 from kiisrv.settings import Settings
-from tests.helpers import RedisServer, ktype, request, serve, work
+from tests.helpers import Events, RedisServer, ktype, request, serve, work
 
 
 @pytest.fixture
@@ -136,3 +136,34 @@ def test_no_live_worker_is_503_with_retry_after_not_400(
     r = asyncio.run(_post(api.base, request(ktype()), wait_for_workers=False))
     assert r.status_code == 503, r.text
     assert "no build worker" in r.json()["error"] and int(r.headers["Retry-After"]) > 0
+
+
+def test_a_build_timeout_is_tried_again_then_503_and_never_cached(
+    docker_settings: Settings,
+    queue_env: dict[str, str],
+    build_containers: Events,
+    stack: contextlib.ExitStack,
+    tmp_path: Path,
+) -> None:
+    """A build that outlives KIISRV_BUILD_TIMEOUT says nothing of the layout (a loaded
+    host is slow for everyone): tried again, then 503 + Retry-After naming the timeout,
+    its log downloadable; the next request builds again. It was published as failed:
+    every API server's 422 for the result's TTL."""
+    env = {**queue_env, "KIISRV_BUILD_TRIES": "2", "KIISRV_BUILD_TIMEOUT": "3"}
+    w = docker_settings.replace(data_dir=tmp_path / "w")
+    log = tmp_path / "w.log"
+    stack.enter_context(work(w, log, **env))
+    api = stack.enter_context(
+        serve(docker_settings.replace(data_dir=tmp_path / "a"), tmp_path / "a.log", **env)
+    )
+    slow = request(ktype(custom="# KIISRV_TEST_SLEEP=30 timeout"))
+    first = asyncio.run(_post(api.base, slow))
+    assert first.status_code == 503, first.text
+    assert int(first.headers["Retry-After"]) > 0 and "longer than 3 s" in first.json()["error"]
+    name = first.json()["filename"].removeprefix("./tmp/")
+    assert httpx.get(f"{api.base}/tmp/{name}", timeout=30).status_code == 200
+    assert log.read_text().count("; retrying") == 1  # tried twice, the second published
+    assert len(build_containers.created()) == 2
+    again = asyncio.run(_post(api.base, slow))
+    assert again.status_code == 503
+    assert len(build_containers.created()) == 4  # built again: a fault is not a result

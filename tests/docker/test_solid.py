@@ -142,7 +142,7 @@ async def test_the_build_path_keeps_blocking_work_off_the_loop(
         assert ok.status_code == 200
         assert (await client.post("/", json=request(ktype()))).status_code == 200  # cached
         slow = await client.post("/", json=request(ktype(custom="# KIISRV_TEST_SLEEP=30")))
-        assert slow.status_code == 422  # timed out: the server writes the error zip
+        assert slow.status_code == 503  # timed out: the server writes the error zip
         hash_ = re.match(CLIENT_FILENAME_RE, ok.json()["filename"]).group(3)  # type: ignore[union-attr]
         assert (await client.get(f"/builds/{hash_}")).status_code == 200
         assert (await client.get(f"/builds/{hash_}/log")).status_code == 200
