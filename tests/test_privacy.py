@@ -53,6 +53,25 @@ def test_the_key_is_made_once_kept_private_and_hashes_are_stable(tmp_path: Path)
     assert privacy.pseudonym(key, "") == ""
 
 
+async def test_api_servers_given_one_key_file_hash_a_client_alike(settings: Settings) -> None:
+    """KIISRV_CLIENT_KEY_FILE: two API servers of a cluster, each with its own data
+    folder, share one key (made by whichever starts first), so a client is one user in
+    the statistics and one budget in the rate limit whichever server answers it."""
+    shared = settings.data_dir.parent / "shared" / "client-key"
+    one = Settings.from_env(
+        {"KIISRV_DATA_DIR": str(settings.data_dir / "api-1"), "KIISRV_CLIENT_KEY_FILE": str(shared)}
+    )
+    two = one.replace(data_dir=settings.data_dir / "api-2")
+    assert Settings().client_key_path == Path("data/client-key")  # unset: the data folder's
+    keys = []
+    for s in (one, two):
+        async with app_client(s.replace(layouts_dir=settings.layouts_dir)) as c:
+            keys.append(c.app.state.kiisrv.client_key)  # type: ignore[attr-defined]
+    assert keys[0] == keys[1] == privacy.load_key_file(shared)
+    assert not (one.data_dir / privacy.KEY_FILE).exists()
+    assert not (two.data_dir / privacy.KEY_FILE).exists()
+
+
 async def test_raw_addresses_of_an_old_database_are_replaced_on_start(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True)
     old = Storage(settings.stats_db, settings.config_db)

@@ -20,6 +20,15 @@ if [ "$(id -u)" = "0" ]; then
 	mkdir -p "$data"
 	chown 1000:1000 "$data"
 	for d in config builds; do [ -d "$data/$d" ] && chown 1000:1000 "$data/$d"; done
+	# A client key shared by the API servers of a cluster (KIISRV_CLIENT_KEY_FILE, e.g.
+	# compose.distributed.yaml's /data/client-key): its folder, and the file if someone
+	# copied it in as root, are kiisrv's.
+	key="${KIISRV_CLIENT_KEY_FILE:-}"
+	if [ -n "$key" ]; then
+		mkdir -p "$(dirname "$key")"
+		chown 1000:1000 "$(dirname "$key")"
+		if [ -f "$key" ]; then chown 1000:1000 "$key"; chmod 600 "$key"; fi
+	fi
 	exec setpriv --reuid=1000 --regid=1000 --groups="$groups" --inh-caps=-all \
 		--bounding-set=-all --no-new-privs -- "$@"
 fi

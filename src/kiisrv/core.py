@@ -114,7 +114,7 @@ class Kiisrv:
                 self.runner, self.storage, settings.max_builds, settings.max_queue
             )
         self.stats = StatsRecorder(self.storage)
-        self.client_key = privacy.load_key(settings.data_dir)
+        self.client_key = privacy.load_key_file(settings.client_key_path)
         # With a queue the window is in its Redis, shared by every API server.
         self.limiter = make_limiter(settings, self.client_key, redis)
         self._answered: dict[str, float] = {}

@@ -25,7 +25,13 @@ KEY_BYTES = 32
 
 
 def load_key(data_dir: Path) -> bytes:
-    """The key, made on first start; every process that starts at once gets the same.
+    """The key of a data folder (``<data_dir>/client-key``): ``load_key_file``."""
+    return load_key_file(data_dir / KEY_FILE)
+
+
+def load_key_file(path: Path) -> bytes:
+    """The key in ``path``, made on first start; every process that starts at once gets
+    the same, also API servers sharing one file (``KIISRV_CLIENT_KEY_FILE``).
 
     The file appears whole or not at all: the key is written to a file of its own and
     hard-linked into place, which fails if another process got there first (a plain
@@ -33,12 +39,13 @@ def load_key(data_dir: Path) -> bytes:
     and keep unkeyed hashes of addresses). A key file that is not a whole key (left by
     such a crash) is replaced: rows made under it are no more linkable than before.
     """
-    path = data_dir / KEY_FILE
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
         key = _read_key(path)
         if key is not None:
             return key
-        tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(KEY_BYTES))

@@ -195,6 +195,14 @@ class Settings(BaseSettings):
         "unset: no detailed page.",
     )
 
+    client_key_file: Path | None = Field(
+        None,
+        alias="KIISRV_CLIENT_KEY_FILE",
+        description="The key client addresses are hashed with (statistics, rate limit): "
+        "made on first start if missing; every API server of a cluster needs the same. "
+        "Unset: `<data>/client-key`.",
+    )
+
     proxy_instances: str = Field(
         "",
         alias="KIISRV_PROXY_INSTANCES",
@@ -371,6 +379,11 @@ class Settings(BaseSettings):
     @property
     def builds_dir(self) -> Path:
         return self.data_dir / "builds"
+
+    @property
+    def client_key_path(self) -> Path:
+        """Where the client key is kept (privacy.py)."""
+        return self.client_key_file or self.data_dir / "client-key"
 
     @property
     def stats_db(self) -> Path:
