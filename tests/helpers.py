@@ -342,6 +342,46 @@ class Events:
         )
 
 
+# -- Compose and the server image ----------------------------------------------------
+
+
+def compose_command() -> list[str]:
+    """``docker compose`` (v2) when installed, else ``docker-compose`` (v1)."""
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        try:
+            if subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
+                return cmd
+        except FileNotFoundError:
+            continue
+    skip_or_fail("neither `docker compose` nor `docker-compose` is installed")
+    raise AssertionError  # skip_or_fail does not return
+
+
+def shell(command: str) -> None:
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True)
+    assert done.returncode == 0, f"{command}: {done.stderr}"
+
+
+def build_server_image(client: Any, context: Path, tag: str) -> None:
+    """The server image (docker/server/Dockerfile) from a copy of the repository, with
+    the test layouts and the extra CA, tagged ``tag``."""
+    for name in ("docker", "src"):
+        shutil.copytree(REPO / name, context / name)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, context / name)
+    # The reference layouts when present (as CI has them), and the tests' own.
+    target = context / "docker" / "server" / "layouts"
+    for source in (CONFORMANCE / "layouts", FIXTURE_LAYOUTS):
+        if source.is_dir():
+            for f in source.iterdir():
+                shutil.copy(f, target / f.name)
+    if EXTRA_CA:
+        shutil.copy(EXTRA_CA, context / "docker" / "extra-ca" / "extra.crt")
+    client.images.build(
+        path=str(context), dockerfile="docker/server/Dockerfile", tag=tag, rm=True, forcerm=True
+    )
+
+
 # -- distributed builds: Redis, workers, a second engine -------------------------------
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import subprocess
 import time
 import zipfile
@@ -27,50 +26,17 @@ from docker import DockerClient
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
 from tests.helpers import (
-    CONFORMANCE,
-    EXTRA_CA,
-    FIXTURE_LAYOUTS,
     REPO,
     TEST_CONTAINERS,
     TEST_IMAGE_PREFIX,
     Events,
+    build_server_image,
+    compose_command,
     free_port,
     ktype,
     request,
+    shell,
 )
-
-
-def compose_command() -> list[str]:
-    for cmd in (["docker", "compose"], ["docker-compose"]):
-        try:
-            if subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
-                return cmd
-        except FileNotFoundError:
-            continue
-    pytest.fail("neither `docker compose` nor `docker-compose` is installed")
-
-
-def shell(command: str) -> None:
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True)
-    assert done.returncode == 0, f"{command}: {done.stderr}"
-
-
-def build_server_image(client: DockerClient, context: Path, tag: str) -> None:
-    for name in ("docker", "src"):
-        shutil.copytree(REPO / name, context / name)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, context / name)
-    # The reference layouts when present (as CI has them), and the tests' own.
-    target = context / "docker" / "server" / "layouts"
-    for source in (CONFORMANCE / "layouts", FIXTURE_LAYOUTS):
-        if source.is_dir():
-            for f in source.iterdir():
-                shutil.copy(f, target / f.name)
-    if EXTRA_CA:
-        shutil.copy(EXTRA_CA, context / "docker" / "extra-ca" / "extra.crt")
-    client.images.build(
-        path=str(context), dockerfile="docker/server/Dockerfile", tag=tag, rm=True, forcerm=True
-    )
 
 
 @pytest.fixture
