@@ -248,20 +248,21 @@ def body_of(i: int, tag: str) -> dict[str, Any]:
 async def crash(run: Run, c: Cluster, service: str) -> None:
     """SIGKILL the service's process (as a crash: Docker's restart policy applies, where
     `docker kill` would count as stopped on purpose); wait until it is back."""
+    # Docker's calls block: on a thread of their own, not under the clients' loop.
     if service == "worker":  # the worker with a build running, if either has one
         service = "worker-1"
         for name in ("worker-1", "worker-2"):
             label = f"io.kiisrv.instance={c.project}-{name}"
-            if c.client.containers.list(filters={"label": label}):
+            if await asyncio.to_thread(c.client.containers.list, filters={"label": label}):
                 service = name
                 break
-    ct = c.service(service)
+    ct = await asyncio.to_thread(c.service, service)
     before = ct.attrs["RestartCount"]
     t0 = time.time()
     os.kill(ct.attrs["State"]["Pid"], signal.SIGKILL)
     for _ in range(200):
         await asyncio.sleep(0.1)
-        ct.reload()
+        await asyncio.to_thread(ct.reload)
         if ct.attrs["RestartCount"] > before and ct.status == "running":
             break
     else:
@@ -269,7 +270,7 @@ async def crash(run: Run, c: Cluster, service: str) -> None:
     if service.startswith("api"):
         for _ in range(300):
             await asyncio.sleep(0.1)
-            ct.reload()
+            await asyncio.to_thread(ct.reload)
             if ct.attrs["State"]["Health"]["Status"] == "healthy":
                 break
     run.crashes.append((service, ct.name, t0, time.time()))
