@@ -113,7 +113,7 @@ class Kiisrv:
             self.queue = LocalQueue(
                 self.runner, self.storage, settings.max_builds, settings.max_queue
             )
-        self.stats = StatsRecorder(self.storage)
+        self.stats = StatsRecorder(self.storage, settings.data_dir / "requests.journal")
         self.client_key = privacy.load_key_file(settings.client_key_path)
         # With a queue the window is in its Redis, shared by every API server.
         self.limiter = make_limiter(settings, self.client_key, redis)
@@ -362,7 +362,7 @@ class Kiisrv:
         if hidden:
             log.info("replaced %d raw client addresses in the statistics by keyed hashes", hidden)
         await self.runner.recover()
-        self.stats.start()
+        await self.stats.start()
         if self.settings.prune_interval > 0:
             self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
         if not await anyio.to_thread.run_sync(self.settings.layouts_dir.is_dir):

@@ -69,6 +69,10 @@ CREATE TABLE IF NOT EXISTS Requests (
     build_duration INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_request_time ON Requests (request_time);
+CREATE TABLE IF NOT EXISTS RequestsJournal (
+    journal  TEXT PRIMARY KEY,
+    seq      BIGINT NOT NULL
+);
 """
 SQLITE_SCHEMA = _SCHEMA.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", time="INTEGER")
 # The reference's columns; request_time is TEXT because what SQLite has always held
@@ -139,13 +143,37 @@ def _rollup_row(r: RequestRecord) -> tuple[Any, ...]:
     )
 
 
-def record(store: RequestsStore, rows: Sequence[RequestRecord]) -> None:
+def record(
+    store: RequestsStore,
+    rows: Sequence[RequestRecord],
+    journal: tuple[str, Sequence[int]] | None = None,
+) -> None:
     """The rows and their rollups, in transactions of at most WRITE_AT_MOST rows (all
-    or, on a failure, the ones before the failing transaction: see ``stats.flush``)."""
+    or, on a failure, the ones before the failing transaction: see ``stats.flush``).
+
+    ``journal``: the writing server's journal id and each row's sequence number in it
+    (stats.py). Each transaction records the last number it wrote and skips the
+    rows already written, so a journal replayed after a kill writes every row once."""
     for start in range(0, len(rows), WRITE_AT_MOST):
         chunk = rows[start : start + WRITE_AT_MOST]
+        seqs = journal[1][start : start + WRITE_AT_MOST] if journal else []
 
-        def write(db: rollups.Db, chunk: Sequence[RequestRecord] = chunk) -> None:
+        def write(
+            db: rollups.Db, chunk: Sequence[RequestRecord] = chunk, seqs: Sequence[int] = seqs
+        ) -> None:
+            if journal:
+                name = journal[0]
+                found = db.rows("SELECT seq FROM RequestsJournal WHERE journal = ?", (name,))
+                done = int(found[0][0]) if found else 0
+                chunk = [r for r, n in zip(chunk, seqs, strict=True) if n > done]
+                db.run(
+                    "INSERT INTO RequestsJournal (journal, seq) VALUES (?, ?) ON CONFLICT"
+                    " (journal) DO UPDATE SET seq = excluded.seq WHERE excluded.seq >"
+                    " RequestsJournal.seq",
+                    (name, max(seqs)),
+                )
+            if not chunk:
+                return
             db.many(
                 f"INSERT INTO Requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_row(r) for r in chunk],

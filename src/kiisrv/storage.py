@@ -231,9 +231,12 @@ class Storage:
     def record_request(self, r: RequestRecord) -> None:
         self.record_requests([r])
 
-    def record_requests(self, records: Sequence[RequestRecord]) -> None:
-        """Many rows in few transactions (and their rollups): one commit for a batch."""
-        requests_store.record(self.requests, records)
+    def record_requests(
+        self, records: Sequence[RequestRecord], journal: tuple[str, Sequence[int]] | None = None
+    ) -> None:
+        """Many rows in few transactions (and their rollups): one commit for a batch;
+        ``journal``: each row once, whatever was written before (requests_store.record)."""
+        requests_store.record(self.requests, records, journal)
 
     def pseudonymise(self, hide: Callable[[str], str], is_raw: Callable[[str], bool]) -> int:
         """Replaces raw client addresses (databases of older servers) by ``hide(address)``."""
