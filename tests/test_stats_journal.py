@@ -8,6 +8,7 @@ the database remembers the last journal number it wrote. On SQLite and PostgreSQ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -121,3 +122,23 @@ async def test_the_journal_is_compacted_and_its_numbers_keep_growing(
     await again.recorder.stop()
     again.storage.close()
     assert len(_count(database, tmp_path / "stats.db")) == rows + 1
+
+
+async def test_rows_recorded_while_the_journal_is_compacted_are_kept(
+    tmp_path: Path, database: str | None
+) -> None:
+    """Compaction runs on a thread (a rename is blocking work); a row recorded meanwhile
+    is held and written to the new file, not to the one being replaced."""
+    server = _Server(tmp_path, database)
+    await server.recorder.start()
+    compacting = asyncio.create_task(server.recorder._journal.compact([], force=True))
+    await asyncio.sleep(0)  # the rewrite has started on its thread
+    server.recorder.record(_row(1))
+    await compacting
+    await server.kill()
+
+    again = _Server(tmp_path, database)
+    await again.recorder.start()
+    await again.recorder.stop()
+    again.storage.close()
+    assert _count(database, tmp_path / "stats.db") == ["client-1"]

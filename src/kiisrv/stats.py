@@ -59,8 +59,10 @@ class Journal:
     it wrote per journal) and carries the last number given (``{"id": ..., "seq": n}``),
     so that numbers keep growing across compactions and restarts; every other line is a
     row with its number.
-    Compaction writes a new file and renames it over the old one: a kill leaves one or
-    the other, and either replays correctly (the database skips numbers it has).
+    Compaction writes a new file and renames it over the old one, on a thread (the
+    event loop only appends; lines appended meanwhile are held, then written to the new
+    file): a kill leaves one file or the other, and either replays correctly (the
+    database skips numbers it has).
     """
 
     def __init__(self, path: Path) -> None:
@@ -68,6 +70,7 @@ class Journal:
         self.id = secrets.token_hex(8)  # a new journal's; an existing one says its own
         self.last = 0
         self._fd = -1
+        self._held: list[bytes] | None = None  # lines appended while compacting
 
     def open(self) -> list[tuple[int, RequestRecord, bytes]]:
         """The rows left by the last run (blocking, at start); then appends."""
@@ -92,15 +95,28 @@ class Journal:
         item = asdict(row)
         item["request_time"] = row.request_time.isoformat()
         line = json.dumps({"seq": self.last, **item}, separators=(",", ":")).encode() + b"\n"
-        if self._fd >= 0:  # not before ``open`` (a recorder never started keeps none)
+        if self._held is not None:
+            self._held.append(line)
+        elif self._fd >= 0:  # not before ``open`` (a recorder never started keeps none)
             os.write(self._fd, line)
         return self.last, line
 
-    def compact(self, pending: list[tuple[int, RequestRecord, bytes]], force: bool = False) -> None:
+    async def compact(
+        self, pending: list[tuple[int, RequestRecord, bytes]], force: bool = False
+    ) -> None:
         """Keep only ``pending`` (the rows not yet written), once the file has grown (rows
         written already are harmless in it: a replay skips them)."""
-        if self._fd >= 0 and (force or os.fstat(self._fd).st_size > JOURNAL_COMPACT_AT):
-            self._rewrite(pending)
+        if self._fd < 0 or self._held is not None:
+            return
+        if not force and os.fstat(self._fd).st_size <= JOURNAL_COMPACT_AT:
+            return
+        self._held = []
+        try:
+            await anyio.to_thread.run_sync(self._rewrite, list(pending))
+        finally:
+            held, self._held = self._held, None
+            if held and self._fd >= 0:
+                os.write(self._fd, b"".join(held))
 
     def _rewrite(self, pending: list[tuple[int, RequestRecord, bytes]]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -184,7 +200,7 @@ class StatsRecorder:
                     )
                     break
             if not rows:  # all written: the journal need keep only what came meanwhile
-                self._journal.compact(self._rows)
+                await self._journal.compact(self._rows)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -193,7 +209,7 @@ class StatsRecorder:
                 await self._task
         try:
             await self.flush()
-            self._journal.compact(self._rows, force=True)
+            await self._journal.compact(self._rows, force=True)
         finally:
             self._journal.close()
 

@@ -24,6 +24,7 @@ import httpx
 import psycopg
 import pytest
 from docker import DockerClient
+from redis.asyncio import Redis
 
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
@@ -34,6 +35,7 @@ from tests.helpers import (
     TEST_PREFIX,
     Events,
     RedisServer,
+    eventually,
     ktype,
     remove_client_ccaches,
     request,
@@ -189,6 +191,14 @@ async def _versions_ready(base: str, timeout: float = 30) -> None:
     raise AssertionError(f"{base}/versions never offered latest")
 
 
+async def _adverts(url: str) -> list[bytes]:
+    redis = Redis.from_url(url)
+    try:
+        return [k async for k in redis.scan_iter(match="kiisrv:worker:*")]
+    finally:
+        await redis.aclose()
+
+
 def _created(events: list[Events]) -> list[int]:
     return [len(e.created()) for e in events]
 
@@ -334,6 +344,9 @@ def test_redis_down_is_503_with_retry_after_then_recovers(
             cluster.redis.stop()
             down = await http.post("/", json=request(ktype(custom="# during")))
             cluster.redis.start()
+            # Back when the worker has advertised again (/versions alone may answer from
+            # the adverts the API server read before the outage).
+            await eventually(lambda: _adverts(cluster.redis.url), timeout=30)
             await _versions_ready(base)
             after = await http.post("/", json=request(ktype(custom="# after")))
             return [ok, down, after]
