@@ -11,11 +11,14 @@ import pytest
 from kiisrv.settings import Settings
 from tests.helpers import (
     FIXTURE_LAYOUTS,
+    REDIS_SERVER,
     TEST_IMAGE_PREFIX,
     TEST_PREFIX,
     PostgresServer,
+    RedisServer,
     app_client,
     postgres_server,
+    skip_or_fail,
 )
 
 
@@ -58,3 +61,16 @@ def postgres() -> Iterator[PostgresServer]:
 def stats_url(postgres: PostgresServer) -> str:
     """KIISRV_STATS_URL of a new, empty database."""
     return postgres.create_database(f"kiisrv_{secrets.token_hex(6)}")
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (Debian's package): queue, rate limit, clusters."""
+    if not Path(REDIS_SERVER).is_file():
+        skip_or_fail(f"redis-server is not installed ({REDIS_SERVER})")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

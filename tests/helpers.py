@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import io
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -214,6 +216,13 @@ def serve(settings: Settings, log: Path, **env_extra: str) -> Iterator[Live]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def download(client: httpx.AsyncClient, filename: str) -> zipfile.ZipFile:
+    """The zip a build answer names (``./tmp/<name>``), fetched and opened."""
+    r = await client.get(f"/tmp/{filename.rsplit('/', 1)[1]}")
+    assert r.status_code == 200, r.text
+    return zipfile.ZipFile(io.BytesIO(r.content))
 
 
 async def eventually(

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,23 +25,11 @@ from kiisrv.planner import Plan
 from kiisrv.results import ResultStore
 from kiisrv.settings import Settings
 from kiisrv.versions import Version
-from tests.helpers import QUEUE_KEY, REDIS_SERVER, RedisServer, skip_or_fail
+from tests.helpers import QUEUE_KEY, RedisServer
 
 pytestmark = pytest.mark.anyio
 
 STORE = "postgresql://kiisrv:secret@db:5432/kiisrv"
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    if not shutil.which(REDIS_SERVER) and not Path(REDIS_SERVER).is_file():
-        skip_or_fail(f"redis-server is not installed ({REDIS_SERVER})")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 class _Payload:
@@ -57,7 +43,7 @@ class _Payload:
 
 
 async def test_a_pickled_job_planted_in_redis_is_never_unpickled(
-    redis_url: str, tmp_path: Path
+    redis: RedisServer, tmp_path: Path
 ) -> None:
     """The job record a worker reads from Redis goes through kiisrv's deserializer, the
     one BuildWorker hands arq: a pickle (arq's default format) is refused as data."""
@@ -65,7 +51,7 @@ async def test_a_pickled_job_planted_in_redis_is_never_unpickled(
     from arq.jobs import DeserializationError, deserialize_job_raw
 
     marker = tmp_path / "pwned"
-    redis = distributed.connect(redis_url)
+    redis = distributed.connect(redis.url)
     planted = pickle.dumps(
         {"t": 1, "f": distributed.BUILD_FUNCTION, "a": [_Payload(marker)], "k": {}, "et": 0}
     )
@@ -79,10 +65,10 @@ async def test_a_pickled_job_planted_in_redis_is_never_unpickled(
     assert marker.exists()
 
 
-async def test_jobs_are_enqueued_as_json(redis_url: str) -> None:
+async def test_jobs_are_enqueued_as_json(redis: RedisServer) -> None:
     from arq.constants import job_key_prefix
 
-    redis = distributed.connect(redis_url)
+    redis = distributed.connect(redis.url)
     await redis.enqueue_job(distributed.BUILD_FUNCTION, '{"plan": 1}', "sig", _job_id="h1")
     stored = await redis.get(job_key_prefix + "h1")
     assert json.loads(stored)["a"] == ['{"plan": 1}', "sig"]
@@ -215,12 +201,12 @@ def test_a_result_is_bound_to_its_hash_job_and_zip() -> None:
 
 
 async def test_a_result_planted_in_redis_is_deleted_not_served(
-    redis_url: str, stats_url: str
+    redis: RedisServer, stats_url: str
 ) -> None:
     """One HSET used to replace a layout's firmware for every API server. Zips are no
     longer read from Redis at all (results.py); what is planted under a result's key
     is deleted, and a stored firmware is served as its worker signed it."""
-    redis = distributed.connect(redis_url)
+    redis = distributed.connect(redis.url)
     w = wire.Wire(QUEUE_KEY)
     store = ResultStore(stats_url, w)
     key = distributed.result_key(HASH)
@@ -237,9 +223,9 @@ async def test_a_result_planted_in_redis_is_deleted_not_served(
     await store.close()
 
 
-async def test_a_planted_worker_advert_is_ignored(redis_url: str) -> None:
+async def test_a_planted_worker_advert_is_ignored(redis: RedisServer) -> None:
     """A fake worker would announce versions and send their builds to a dead queue."""
-    redis = distributed.connect(redis_url)
+    redis = distributed.connect(redis.url)
     w = wire.Wire(QUEUE_KEY)
     advert = {"id": "real", "images": {IMAGE_ID: {"controller-057": None}}, "max_builds": 2}
     await redis.set(distributed.WORKER_PREFIX + "real", w.seal_advert(advert))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from kiisrv.ratelimit import (
     parse_networks,
 )
 from kiisrv.settings import Settings
-from tests.helpers import REDIS_SERVER, RedisServer, redis_contents, skip_or_fail
+from tests.helpers import RedisServer, redis_contents
 
 pytestmark = pytest.mark.anyio
 
@@ -104,19 +104,9 @@ async def test_ipv6_clients_share_a_budget_per_64() -> None:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if not Path(REDIS_SERVER).is_file():
-        skip_or_fail(f"redis-server is not installed ({REDIS_SERVER})")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def connections(redis_server: RedisServer) -> AsyncIterator[list[distributed.ArqRedis]]:
+async def connections(redis: RedisServer) -> AsyncIterator[list[distributed.ArqRedis]]:
     """Two connections, as two API servers have: the one the app makes of the queue URL."""
-    redis = [distributed.connect(redis_server.url) for _ in range(2)]
+    redis = [distributed.connect(redis.url) for _ in range(2)]
     yield redis
     for r in redis:
         await r.aclose()
@@ -165,7 +155,7 @@ async def test_the_window_slides_and_its_keys_expire(
 
 
 async def test_redis_holds_pseudonyms_not_client_addresses(
-    connections: list[distributed.ArqRedis], redis_server: RedisServer
+    connections: list[distributed.ArqRedis], redis: RedisServer
 ) -> None:
     """Attack: whoever reads Redis (a worker host, a backup) learns who builds what.
     Refusal: keys and values hold an HMAC of the client under the servers' client key,
@@ -173,7 +163,7 @@ async def test_redis_holds_pseudonyms_not_client_addresses(
     limiter = RedisRateLimiter(connections[0], 5, KEY)
     await limiter.take("198.51.100.77")
     await limiter.take("2001:db8:99:1::5")
-    stored = await redis_contents(redis_server.url)
+    stored = await redis_contents(redis.url)
     for raw in ("198.51.100.77", "2001:db8:99:1", "2001:db8:99:1::/64"):
         assert raw.encode() not in stored, stored
     other_key = RedisRateLimiter(connections[0], 5, bytes(32))

@@ -20,7 +20,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -256,12 +256,7 @@ class Engine:
                 stream, _ = c.api.get_archive(cid, path, chunk_size=64 * 1024)
             except docker.errors.NotFound:
                 return None  # the path, or the container: the inspect below tells which
-            data = bytearray()
-            for chunk in stream:
-                data += chunk
-                if len(data) > max_bytes:
-                    raise UnsafeOutput(f"{path} is larger than {max_bytes} bytes")
-            return bytes(data)
+            return _capped(stream, max_bytes, path)
 
         def run(c: DockerClient) -> ImageFile:
             cid = _create(c, spec)
@@ -319,12 +314,7 @@ class Engine:
 
         def run(c: DockerClient) -> bytes:
             stream, _ = c.api.get_archive(cid, path, chunk_size=1024 * 1024)
-            data = bytearray()
-            for chunk in stream:
-                data += chunk
-                if len(data) > max_bytes:
-                    raise UnsafeOutput(f"the output is larger than {max_bytes} bytes")
-            return bytes(data)
+            return _capped(stream, max_bytes, "the output")
 
         return await self._call(f"get archive {cid[:12]}", run)
 
@@ -339,3 +329,14 @@ class Engine:
                 # With its anonymous volume: the build's inputs and outputs.
                 lambda c: c.api.remove_container(cid, force=True, v=True),
             )
+
+
+def _capped(stream: Iterable[bytes], max_bytes: int, what: str) -> bytes:
+    """An archive stream read whole, or UnsafeOutput as soon as it passes ``max_bytes``:
+    what a container wrote decides how much there is, not what we read."""
+    data = bytearray()
+    for chunk in stream:
+        data += chunk
+        if len(data) > max_bytes:
+            raise UnsafeOutput(f"{what} is larger than {max_bytes} bytes")
+    return bytes(data)

@@ -23,7 +23,6 @@ from docker import DockerClient
 from kiisrv.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
 from tests.helpers import (
-    REDIS_SERVER,
     TEST_IMAGE_PREFIX,
     TEST_PREFIX,
     Events,
@@ -32,7 +31,6 @@ from tests.helpers import (
     app_client,
     build_test_image,
     remove_client_ccaches,
-    skip_or_fail,
 )
 
 
@@ -102,19 +100,6 @@ async def dclient(
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with app_client(docker_settings) as c:
         yield c
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own (Debian's package) for the distributed tests."""
-    if not Path(REDIS_SERVER).is_file():
-        skip_or_fail(f"redis-server is not installed ({REDIS_SERVER})")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

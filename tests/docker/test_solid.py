@@ -4,7 +4,6 @@ blocking on the loop, nothing pruned under a client, names the client can read."
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ from tests.helpers import (
     TEST_IMAGE_PREFIX,
     Events,
     app_client,
+    download,
     eventually,
     header,
     key,
@@ -33,12 +33,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-async def download(client: httpx.AsyncClient, filename: str) -> zipfile.ZipFile:
-    r = await client.get(f"/tmp/{filename.rsplit('/', 1)[1]}")
-    assert r.status_code == 200, r.text
-    return zipfile.ZipFile(io.BytesIO(r.content))
 
 
 async def test_a_failed_job_write_leaves_no_phantom(

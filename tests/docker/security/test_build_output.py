@@ -8,22 +8,12 @@ refuses anything else, writing nothing outside its work folder.
 
 from __future__ import annotations
 
-import io
-import zipfile
-
-import httpx
 import pytest
 
 from kiisrv.settings import Settings
-from tests.helpers import Events, app_client, ktype, request
+from tests.helpers import Events, app_client, download, ktype, request
 
 pytestmark = pytest.mark.anyio
-
-
-async def _zip(client: httpx.AsyncClient, filename: str) -> zipfile.ZipFile:
-    r = await client.get(f"/tmp/{filename.rsplit('/', 1)[1]}")
-    assert r.status_code == 200, r.text
-    return zipfile.ZipFile(io.BytesIO(r.content))
 
 
 async def test_a_build_that_leaves_a_symlink_to_root_in_its_output_is_refused(
@@ -37,7 +27,7 @@ async def test_a_build_that_leaves_a_symlink_to_root_in_its_output_is_refused(
         assert r.status_code == 422, r.text
         assert "output was refused" in r.json()["error"]
         assert "escape.zip" in r.json()["error"]
-        z = await _zip(client, r.json()["filename"])
+        z = await download(client, r.json()["filename"])
         assert "left a symlink" in z.read("log/build.log").decode()
     data = docker_settings.data_dir
     assert [p for p in data.rglob("*") if p.is_symlink()] == []
@@ -57,7 +47,7 @@ async def test_a_build_as_uid_1000_with_a_read_only_root_gets_its_files(
     async with app_client(settings) as client:
         r = await client.post("/", json=request(ktype()))
         assert r.status_code == 200, r.text
-        z = await _zip(client, r.json()["filename"])
+        z = await download(client, r.json()["filename"])
         assert b"uid 1000, gid 1000, root filesystem read-only" in z.read("log/build.log")
         assert any(n.endswith(".kll") for n in z.namelist())
     assert build_containers.running() == []
