@@ -20,14 +20,23 @@ import pytest
 from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED, build_container_spec
 from kiisrv.engine import Engine
 from kiisrv.enginepolicy import (
+    NOT_OUR_VOLUME,
+    NOT_OURS,
     Kind,
     Policy,
     Refused,
+    bound_container,
     check_create,
+    check_image,
     check_volume,
+    check_volume_create,
+    checked_query,
     list_query,
+    owned_volume,
+    parse_json,
     route,
     visible,
+    visible_images,
     visible_volumes,
     volume_query,
 )
@@ -178,7 +187,35 @@ def test_a_worker_instance_passes_too(body: dict[str, Any]) -> None:
         ("SecurityOpt", ["no-new-privileges", "apparmor=unconfined"], "apparmor"),
         ("SecurityOpt", ["no-new-privileges", "label=disable"], "label"),
         ("Memory", 0, "Memory"),
+        ("Memory", 2**62, "Memory"),
+        ("Memory", "2g", "Memory"),
+        ("Memory", True, "Memory"),
+        ("MemorySwap", -1, "MemorySwap"),
+        ("MemorySwap", 0, "MemorySwap"),
+        ("MemorySwap", 2**33, "MemorySwap"),
         ("PidsLimit", -1, "PidsLimit"),
+        ("PidsLimit", 2**63 - 1, "PidsLimit"),
+        ("PidsLimit", 513, "PidsLimit"),
+        ("NanoCpus", -1, "NanoCpus"),
+        ("NanoCpus", 2**50, "NanoCpus"),
+        ("CpuShares", 262144, "CpuShares"),
+        ("Tmpfs", {"/tmp": "size=0,exec"}, "tmpfs size"),
+        ("Tmpfs", {"/tmp": "exec"}, "tmpfs size"),
+        ("Tmpfs", {"/tmp": "size=2g"}, "tmpfs size"),
+        ("Tmpfs", {"/tmp": "size=1x"}, "tmpfs size"),
+        ("Tmpfs", {"/tmp": "size=1m,suid"}, "suid"),
+        ("Tmpfs", {"/tmp": "size=1m,dev"}, "dev"),
+        ("Tmpfs", {"/tmp": "size=1m,mode=777x"}, "mode"),
+        ("Tmpfs", {"/tmp": "size=1m,uid=0"}, "uid"),
+        ("Tmpfs", {"/proc/sys": "rw"}, "only /tmp"),
+        ("Tmpfs", {"/tmp": ["size=1m"]}, "string"),
+        ("Tmpfs", ["/tmp"], "object"),
+        ("CapDrop", "NOTALL", "CapDrop"),
+        ("CapDrop", "ALL", "CapDrop"),
+        ("CapDrop", ["ALL", "CHOWN"], "CapDrop"),
+        ("SecurityOpt", [{}], "strings"),
+        ("SecurityOpt", "no-new-privileges", "strings"),
+        ("ReadonlyRootfs", "yes", "boolean"),
         ("LogConfig", None, "json-file"),
         ("LogConfig", {"Type": "syslog", "Config": {}}, "json-file"),
         ("LogConfig", {"Type": "json-file", "Config": {}}, "max-size"),
@@ -186,6 +223,13 @@ def test_a_worker_instance_passes_too(body: dict[str, Any]) -> None:
         (
             "LogConfig",
             {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "99"}},
+            "max-file",
+        ),
+        ("LogConfig", {"Type": "json-file", "Config": {"max-size": "2m"}}, "max-size"),
+        ("LogConfig", {"Type": "json-file", "Config": {"max-size": 1024}}, "strings"),
+        (
+            "LogConfig",
+            {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}},
             "max-file",
         ),
         (
@@ -252,11 +296,14 @@ def test_an_anonymous_volume_passes(body: dict[str, Any]) -> None:
     check_create(body, POLICY)
 
 
-def test_the_ccache_volume_passes_read_only_or_not(body: dict[str, Any]) -> None:
-    for m in body["HostConfig"]["Mounts"]:
-        if m["Type"] == "volume":
-            m["ReadOnly"] = not m["ReadOnly"]
-    check_create(body, POLICY)
+def test_no_shared_volume_passes(body: dict[str, Any]) -> None:
+    """The ccache every build once shared, read-only or not: no build mounts it."""
+    for read_only in (True, False):
+        changed = copy.deepcopy(body)
+        changed["HostConfig"]["Mounts"].append(
+            {"Type": "volume", "Source": "kiisrv-ccache", "Target": "/x", "ReadOnly": read_only}
+        )
+        refused(changed, "client ccache")
 
 
 @pytest.mark.parametrize(
@@ -282,6 +329,11 @@ def test_the_ccache_volume_passes_read_only_or_not(body: dict[str, Any]) -> None
         ("Healthcheck", {"Test": ["CMD", "true"]}, "Healthcheck"),
         ("HostConfig", None, "NetworkMode"),
         ("HostConfig", ["not", "an", "object"], "HostConfig"),
+        ("Env", "A=1", "Env"),
+        ("Env", [1], "Env"),
+        ("Cmd", [["x"]], "Cmd"),
+        ("StopTimeout", True, "StopTimeout"),
+        ("Labels", {LABEL_MANAGED: 1, LABEL_INSTANCE: "kiisrv"}, "Labels"),
     ],
 )
 def test_config_refused(body: dict[str, Any], key: str, value: object, match: str) -> None:
@@ -323,8 +375,8 @@ def test_the_instances_default_to_the_servers_own() -> None:
         ("GET", "/_ping", Kind.PASS),
         ("HEAD", "/_ping", Kind.PASS),
         ("GET", "/version", Kind.PASS),
-        ("GET", "/v1.41/images/json", Kind.PASS),
-        ("GET", "/v1.41/images/kiisrv-controller-057:latest/json", Kind.PASS),
+        ("GET", "/v1.41/images/json", Kind.IMAGES),
+        ("GET", "/v1.41/images/kiisrv-controller-057:latest/json", Kind.IMAGE),
         ("GET", "/v1.41/containers/json", Kind.LIST),
         ("POST", "/v1.41/containers/create", Kind.CREATE),
         ("POST", "/v1.41/containers/abc123/start", Kind.CONTAINER),
@@ -346,8 +398,11 @@ def test_routes_a_build_needs(method: str, path: str, kind: Kind) -> None:
     ("method", "path"),
     [
         ("GET", "/info"),
-        ("POST", "/v1.41/volumes/create"),
         ("GET", "/v1.41/volumes/kiisrv-ccache"),
+        ("DELETE", "/v1.41/volumes/create"),
+        ("DELETE", "/v1.41/volumes/prune"),
+        ("GET", "/v1.41/containers/json\n"),  # "%0a": $ matched before a final newline
+        ("GET", "/_ping\n"),
         ("DELETE", "/v1.41/volumes"),
         ("DELETE", "/v1.41/volumes/a/b"),
         ("POST", "/v1.41/volumes/prune"),
@@ -448,26 +503,186 @@ def test_the_volume_routes_the_pruner_needs() -> None:
 )
 def test_only_client_volumes_may_be_removed(name: str) -> None:
     """The shared ccache (every stock object) and every other volume stay."""
-    with pytest.raises(Refused, match="client ccache"):
+    with pytest.raises(Refused, match=NOT_OUR_VOLUME):
         check_volume(route("DELETE", f"/v1.41/volumes/{name}"), POLICY)
 
 
+OURS = {LABEL_MANAGED: "1", LABEL_INSTANCE: "kiisrv"}
+
+
+def _volume(name: str = CLIENT_VOLUME, **change: Any) -> dict[str, Any]:
+    """A volume as the engine's inspect (and list) answer shows it."""
+    return {
+        "Name": name,
+        "Driver": "local",
+        "Labels": OURS,
+        "Options": None,
+        "Scope": "local",
+        "CreatedAt": "2026-12-01T00:00:00Z",
+        **change,
+    }
+
+
 def test_the_volume_list_is_narrowed_to_client_volumes() -> None:
-    """The engine's name filter matches substrings: the answer is filtered again."""
+    """The engine's name filter matches substrings: the answer is filtered again, to
+    this deployment's volumes (its labels), not any with a client ccache's name."""
     query = volume_query(
         [("filters", json.dumps({"name": ["redis"], "dangling": ["true"]}))], POLICY
     )
     assert json.loads(dict(query)["filters"]) == {"name": ["kiisrv-ccache-c"]}
     answer = {
         "Volumes": [
-            {"Name": CLIENT_VOLUME, "CreatedAt": "2026-12-01T00:00:00Z"},
-            {"Name": "kiisrv-ccache"},
-            {"Name": "x-kiisrv-ccache-c0123456789abcdef0123"},
-            {"Name": "redis-data"},
+            _volume(),
+            _volume("kiisrv-ccache"),
+            _volume("x-kiisrv-ccache-c0123456789abcdef0123"),
+            _volume("redis-data"),
+            _volume("kiisrv-ccache-cfedcba9876543210fedc", Labels=None),
+            _volume(
+                "kiisrv-ccache-cfedcba9876543210fedd",
+                Labels={LABEL_MANAGED: "1", LABEL_INSTANCE: "other"},
+            ),
         ],
-        "Warnings": None,
+        "Warnings": ["something about the host"],
     }
-    assert visible_volumes(answer, POLICY) == {
-        "Volumes": [{"Name": CLIENT_VOLUME, "CreatedAt": "2026-12-01T00:00:00Z"}],
-        "Warnings": None,
+    assert visible_volumes(answer, POLICY) == {"Volumes": [_volume()], "Warnings": None}
+
+
+@pytest.mark.parametrize(
+    ("why", "change"),
+    [
+        ("no labels", {"Labels": None}),
+        ("another deployment", {"Labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "other"}}),
+        ("a bind of a host folder", {"Options": {"type": "none", "o": "bind", "device": "/"}}),
+        ("another driver", {"Driver": "nfs"}),
+        ("a cluster volume", {"Scope": "global"}),
+        ("another name than asked", {"Name": "kiisrv-ccache-cfedcba9876543210fedc"}),
+    ],
+)
+def test_a_volume_is_ours_by_what_the_engine_says_of_it(why: str, change: dict[str, Any]) -> None:
+    owned_volume(CLIENT_VOLUME, _volume(), POLICY)
+    with pytest.raises(Refused, match=NOT_OUR_VOLUME):
+        owned_volume(CLIENT_VOLUME, _volume(**change), POLICY)
+
+
+def test_a_volume_create_is_labelled_local_and_optionless() -> None:
+    assert check_volume_create({"Name": CLIENT_VOLUME, "Labels": OURS}, POLICY) == {
+        "Name": CLIENT_VOLUME,
+        "Driver": "local",
+        "Labels": OURS,
     }
+    for bad in (
+        {"Name": CLIENT_VOLUME},
+        {"Name": CLIENT_VOLUME, "Labels": {**OURS, "x": "y"}},
+        {"Name": CLIENT_VOLUME, "Labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "other"}},
+        {"Name": CLIENT_VOLUME, "Labels": OURS, "Driver": "nfs"},
+        {"Name": CLIENT_VOLUME, "Labels": OURS, "DriverOpts": {"device": "/"}},
+        {"Name": "kiisrv-ccache", "Labels": OURS},
+        {"Name": None, "Labels": OURS},
+        [],
+    ):
+        with pytest.raises(Refused):
+            check_volume_create(bad, POLICY)
+
+
+# -- one container: bound to what was checked ----------------------------------------------
+
+ID = "f" * 64
+
+
+def _inspected(**change: Any) -> dict[str, Any]:
+    return {"Id": ID, "Name": "/kiisrv-build-0123-x1", "Config": {"Labels": OURS}, **change}
+
+
+def test_a_call_is_bound_to_the_full_id_of_what_was_inspected() -> None:
+    """dockerd resolves a reference by id, then name, then id prefix: the call goes to
+    the id the check read, never to the reference, which may name another container
+    by the time the call arrives."""
+    for reference in (ID, "kiisrv-build-0123-x1"):
+        call = route("POST", f"/v1.41/containers/{reference}/start")
+        assert bound_container(reference, _inspected(), POLICY) == ID
+        assert call.at(ID) == f"/v1.41/containers/{ID}/start"
+    assert route("DELETE", "/containers/abc").at(ID) == f"/containers/{ID}"
+    assert route("PUT", "/v1.42/containers/abc/archive").at(ID) == f"/v1.42/containers/{ID}/archive"
+
+
+@pytest.mark.parametrize(
+    ("reference", "inspected"),
+    [
+        ("fff", _inspected()),  # a prefix: dockerd's last resort
+        (ID[:63], _inspected()),
+        ("kiisrv-build-0123", _inspected()),
+        ("kiisrv-build-0123-x1", _inspected(Name="/kiisrv-build-0123-x2")),
+        (ID, _inspected(Config={"Labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "other"}})),
+        (ID, _inspected(Config={"Labels": None})),
+        (ID, _inspected(Config=None)),
+        (ID, _inspected(Id="not-hex")),
+        (ID, []),
+        (ID, None),
+    ],
+)
+def test_anything_but_exactly_one_of_ours_is_one_refusal(reference: str, inspected: object) -> None:
+    with pytest.raises(Refused) as refusal:
+        bound_container(reference, inspected, POLICY)
+    assert refusal.value.reason == NOT_OURS
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query"),
+    [
+        ("DELETE", "/v1.41/containers/abc", [("link", "1")]),
+        ("DELETE", "/v1.41/containers/abc", [("x", "1")]),
+        ("DELETE", "/v1.41/containers/abc", [("force", "maybe")]),
+        ("POST", "/v1.41/containers/abc/start", [("detachKeys", "ctrl-x")]),
+        ("POST", "/v1.41/containers/abc/wait", [("condition", "anything")]),
+        ("POST", "/v1.41/containers/abc/kill", [("signal", "KILL; rm")]),
+        ("GET", "/v1.41/containers/abc/logs", [("tail", "-1")]),
+        ("POST", "/v1.41/containers/create", [("name", "abcdef012345")]),
+        ("POST", "/v1.41/containers/create", [("name", "kiisrv")]),
+        ("POST", "/v1.41/containers/create", [("name", "other-build-x")]),
+        ("POST", "/v1.41/containers/create", []),
+        ("POST", "/v1.41/containers/create", [("name", "kiisrv-x"), ("platform", "linux/arm64")]),
+        ("DELETE", "/v1.41/volumes/" + CLIENT_VOLUME, [("force", "1")]),
+        ("GET", "/v1.41/images/json", [("filters", "{}"), ("digests", "1")]),
+    ],
+)
+def test_query_parameters_kiisrv_does_not_send_are_refused(
+    method: str, path: str, query: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(Refused):
+        checked_query(route(method, path), query, POLICY)
+
+
+def test_the_query_parameters_kiisrv_sends_pass() -> None:
+    for method, path, query in [
+        ("DELETE", "/v1.41/containers/abc", [("v", "True"), ("link", "False"), ("force", "True")]),
+        ("POST", "/v1.41/containers/abc/wait", [("condition", "not-running")]),
+        ("GET", "/v1.41/containers/abc/logs", [("stderr", "1"), ("stdout", "1"), ("tail", "all")]),
+        ("GET", "/v1.41/containers/abc/archive", [("path", "/mnt/kiisrv/builds")]),
+        ("POST", "/v1.41/containers/create", [("name", "kiisrv-worker-build-0123-x1")]),
+        ("GET", "/v1.41/containers/json", [("all", "1"), ("limit", "-1"), ("size", "0")]),
+    ]:
+        assert checked_query(route(method, path), query, POLICY) == query
+
+
+def test_only_controller_images_are_seen_or_inspected() -> None:
+    images = [
+        {"Id": "a", "RepoTags": ["kiisrv-controller-057:latest", "mine:tag"], "RepoDigests": ["x"]},
+        {"Id": "b", "RepoTags": ["redis:7"]},
+        {"Id": "c", "RepoTags": None},
+        {"Id": "d", "RepoTags": ["kiisrv-controller-050:old"]},
+        "junk",
+    ]
+    assert visible_images(images, POLICY) == [
+        {"Id": "a", "RepoTags": ["kiisrv-controller-057:latest"], "RepoDigests": []}
+    ]
+    check_image(route("GET", "/v1.41/images/kiisrv-controller-057:latest/json"), POLICY)
+    for other in ("redis:7", "kiisrv-controller-057:old", "sha256:" + "0" * 64):
+        with pytest.raises(Refused):
+            check_image(route("GET", f"/v1.41/images/{other}/json"), POLICY)
+
+
+def test_json_that_would_crash_a_parser_is_a_refusal() -> None:
+    with pytest.raises(Refused):
+        parse_json(b"[" * 50_000 + b"]" * 50_000, "the body")
+    with pytest.raises(Refused):
+        parse_json(b"{nope", "the body")

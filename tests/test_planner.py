@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ from typing import Any
 import pytest
 
 from kiisrv.catalog import Available
-from kiisrv.errors import ClientError, InvalidLayout, Unsupported
+from kiisrv.errors import InvalidLayout, Unsupported
 from kiisrv.layouts import LayoutStore
 from kiisrv.planner import Planner
 from kiisrv.versions import Version
@@ -168,119 +166,3 @@ def test_the_hash_covers_the_recipe_version_and_the_base_layouts_content(
     doc["matrix"][0]["layers"]["0"]["key"] = "TAB"
     base.write_text(json.dumps(doc))
     assert plans.plan(request(ktype()), LATEST).job.hash != first
-
-
-# -- which builds may write the shared ccache ------------------------------------------
-# A build whose inputs the server chose (a stock layout, unmodified) seeds the ccache;
-# any other build only reads it, so no request can plant objects another user links.
-
-
-def _stock(layouts: Path, name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((layouts / name).read_bytes())
-    return doc
-
-
-def _stock_cases() -> list[str]:
-    layouts = CONFORMANCE / "layouts"
-    if not layouts.is_dir():
-        return []
-    return sorted(p.name for p in layouts.glob("*.json"))
-
-
-@pytest.mark.parametrize("target", [LATEST, LTS], ids=["latest", "lts"])
-@pytest.mark.parametrize("name", _stock_cases() or ["KType-Standard.json"])
-def test_every_stock_layout_as_the_configurator_sends_it_seeds_the_cache(
-    name: str, target: Available
-) -> None:
-    layouts = CONFORMANCE / "layouts"
-    if not layouts.is_dir():
-        pytest.skip(NO_CONFORMANCE)
-    plans = Planner(LayoutStore(layouts))
-    try:
-        plan = plans.plan(request(_stock(layouts, name)), target)
-    except ClientError as exc:
-        pytest.skip(f"{name} is refused on {target.version.name} ({exc.message}): no build")
-    assert plan.seeds_cache, name
-
-
-@pytest.mark.parametrize("target", [LATEST, LTS], ids=["latest", "lts"])
-@pytest.mark.parametrize("name", ["KType-TestBase.json", "WhiteFox-TestBase.json"])
-def test_the_project_fixtures_stock_layouts_seed_the_cache(name: str, target: Available) -> None:
-    plan = planner().plan(request(_stock(FIXTURE_LAYOUTS, name)), target)
-    assert plan.seeds_cache
-
-
-def _changed(doc: dict[str, Any], how: str) -> dict[str, Any]:
-    """A stock layout with one thing a user would change."""
-    if how == "one key":
-        doc["matrix"][1]["layers"]["0"]["key"] = "Z"
-    elif how == "custom KLL":
-        doc["custom"] = {"0": 'U"A" : U"B";'}
-    elif how == "another layer":
-        doc["matrix"][1]["layers"]["1"] = {"key": "Z"}
-    elif how == "another variant":
-        doc["header"]["Variant"] = "other"
-    elif how == "renamed":
-        doc["header"]["Layout"] = "Mine"
-    elif how == "another author":
-        doc["header"]["Author"] = "someone else"  # in every KLL file's header
-    return doc
-
-
-@pytest.mark.parametrize(
-    "how",
-    ["one key", "custom KLL", "another layer", "another variant", "renamed", "another author"],
-)
-def test_a_changed_stock_layout_only_reads_the_cache(how: str) -> None:
-    stock = _stock(FIXTURE_LAYOUTS, "KType-TestBase.json")
-    plan = planner().plan(request(_changed(stock, how)), LATEST)
-    assert not plan.seeds_cache
-
-
-def test_a_user_layout_only_reads_the_cache() -> None:
-    assert not planner().plan(request(ktype()), LATEST).seeds_cache
-    assert not planner().plan(request(ktype(custom='U"A" : U"B";')), LTS).seeds_cache
-
-
-def test_a_stock_layout_under_another_stock_layouts_name_only_reads_the_cache() -> None:
-    """KType-NoAnimations' keys sent as "Standard": the name finds KType-Standard.json,
-    whose inputs differ, so the name alone earns nothing."""
-    layouts = CONFORMANCE / "layouts"
-    if not layouts.is_dir():
-        pytest.skip(NO_CONFORMANCE)
-    doc = _stock(layouts, "KType-NoAnimations.json")
-    doc["header"]["Layout"] = "Standard"
-    assert not Planner(LayoutStore(layouts)).plan(request(doc), LATEST).seeds_cache
-
-
-def test_what_the_client_says_outside_the_layout_earns_nothing() -> None:
-    """Only the generated inputs decide: a flag in the body, or in the layout, is data."""
-    doc = _changed(_stock(FIXTURE_LAYOUTS, "KType-TestBase.json"), "one key")
-    doc["seeds_cache"] = True
-    doc["header"]["seeds_cache"] = True
-    body = {**request(doc), "seeds_cache": True, "trusted": True}
-    assert not planner().plan(body, LATEST).seeds_cache
-
-
-def test_key_order_and_unknown_fields_do_not_change_a_stock_decision() -> None:
-    """Same generated inputs, same decision: the JSON's shape is not an input."""
-    doc = _stock(FIXTURE_LAYOUTS, "KType-TestBase.json")
-    doc = dict(reversed(list(doc.items())))
-    doc["macros"] = {"0": [{"name": "kept"}]}
-    assert planner().plan(request(doc), LATEST).seeds_cache
-
-
-def test_a_changed_stock_file_is_compared_as_it_is_now(tmp_path: Path) -> None:
-    """``kiisrv layouts fetch`` changes a stock file: the old content no longer seeds."""
-    import shutil
-
-    shutil.copytree(FIXTURE_LAYOUTS, tmp_path / "layouts")
-    plans = Planner(LayoutStore(tmp_path / "layouts"))
-    old = _stock(tmp_path / "layouts", "KType-TestBase.json")
-    assert plans.plan(request(old), LATEST).seeds_cache
-    new = _changed(copy.deepcopy(old), "one key")
-    path = tmp_path / "layouts" / "KType-TestBase.json"
-    path.write_text(json.dumps(new))
-    os.utime(path, ns=(1, 1))  # another mtime, whatever the clock's resolution
-    assert not plans.plan(request(old), LATEST).seeds_cache
-    assert plans.plan(request(new), LATEST).seeds_cache

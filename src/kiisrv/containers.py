@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kiisrv import ccache
+from kiisrv.enginepolicy import LABEL_INSTANCE, LABEL_MANAGED
 from kiisrv.settings import Settings
 
 # The build's own folder (an anonymous volume: writable with a read-only root
@@ -21,12 +22,9 @@ IO_DIR = "/mnt/kiisrv"
 IN_DIR = f"{IO_DIR}/config"
 OUT_DIR = f"{IO_DIR}/builds"
 CCACHE_DIR = "/mnt/ccache"  # the image's folder (mode 1777): a new volume copies its mode
-SHARED_CCACHE_DIR = "/mnt/ccache-shared"
 SCRATCH_CCACHE_DIR = "/tmp/ccache"  # a build with no ccache of its own: thrown away
 WORK_SUBDIR = ".work"
 
-LABEL_MANAGED = "io.kiisrv.managed"
-LABEL_INSTANCE = "io.kiisrv.instance"
 LABEL_HASH = "io.kiisrv.hash"
 # What a container of kiisrv's is for, when it is not a build: "release" (the reader of
 # an image's release file, release_reader_spec).
@@ -53,7 +51,7 @@ class ContainerSpec:
     nano_cpus: int
     pids_limit: int
     user: str | None = None
-    tmpfs: dict[str, str] = field(default_factory=lambda: {"/tmp": "exec,mode=1777,size=1g"})
+    tmpfs: dict[str, str] = field(default_factory=dict)
     network_disabled: bool = True
     read_only: bool = False
     # The engine's copy of the output (json-file): a build printing without end must not
@@ -63,67 +61,30 @@ class ContainerSpec:
     log_max_files: int = 2
 
 
-def build_mounts(
-    settings: Settings,
-    job_dir: str,
-    *,
-    seed_ccache: bool = False,
-    ccache_client: str | None = None,
-) -> list[MountSpec]:
+def build_mounts(settings: Settings, *, ccache_client: str | None = None) -> list[MountSpec]:
     """The build's own folder for its inputs and outputs (an anonymous volume, no host
-    path: ``job_dir`` lives inside it), and the ccaches.
+    path), and its client's ccache, when it has one.
 
-    The shared ccache is writable only for a build that seeds it (``Plan.seeds_cache``:
-    inputs the server chose), else read-only: an object a request could leave there
-    would be linked into other users' firmware. Read-only is the default a caller gets.
+    There is no cache every build shares: an object a request could leave there would
+    be linked into other users' firmware, and a writable volume every build mounts is
+    what a compromised server would poison first. A client's volume is written by that
+    client's builds only (ccache.py).
     """
-    return [
-        MountSpec(None, IO_DIR, read_only=False, type="volume"),
-        *ccache_mounts(settings, seed_ccache=seed_ccache, client=ccache_client),
-    ]
-
-
-def ccache_mounts(settings: Settings, *, seed_ccache: bool, client: str | None) -> list[MountSpec]:
-    """A seeding build: the shared volume, writable, alone: a client's volume (where that
-    client's builds may have left anything) must never feed objects everybody gets.
-    Any other build: the shared volume read-only (the kernel refuses writes, whatever
-    runs in the build), and its client's own volume writable, when it has a client."""
-    shared = settings.ccache_volume
-    if seed_ccache:
-        return [MountSpec(shared, CCACHE_DIR, read_only=False, type="volume")]
-    mounts = [MountSpec(shared, SHARED_CCACHE_DIR, read_only=True, type="volume")]
-    if client is not None and settings.ccache_clients > 0:
-        own = ccache.client_volume(settings, client)
-        mounts.insert(0, MountSpec(own, CCACHE_DIR, read_only=False, type="volume"))
+    mounts = [MountSpec(None, IO_DIR, read_only=False, type="volume")]
+    if ccache_client is not None and settings.ccache_clients > 0:
+        own = ccache.client_volume(settings, ccache_client)
+        mounts.append(MountSpec(own, CCACHE_DIR, read_only=False, type="volume"))
     return mounts
 
 
-def ccache_environment(
-    settings: Settings, *, seed_ccache: bool, client: str | None
-) -> dict[str, str]:
-    """ccache's settings for the mounts above (ccache 4.7, the images' version).
-
-    The shared volume is ccache's secondary ("remote") file storage for every build:
-    read-only (``|read-only``) for user builds, so ccache serves its hits and copies them
-    into the primary storage. A seeding build writes it in that same layout (remote
-    only: the primary layout is another, which secondary storage cannot read), with its
-    temporary files in /tmp and no statistics. A user build's primary storage is its
-    client's volume, capped at ``KIISRV_CCACHE_CLIENT_SIZE`` (ccache evicts past it),
-    or a scratch folder in /tmp when it has no client.
-    """
-    if seed_ccache:
-        return {
-            "CCACHE_DIR": CCACHE_DIR,
-            "CCACHE_REMOTE_STORAGE": f"file:{CCACHE_DIR}",
-            "CCACHE_REMOTE_ONLY": "1",
-            "CCACHE_TEMPDIR": "/tmp",
-            "CCACHE_NOSTATS": "1",
-        }
+def ccache_environment(settings: Settings, *, client: str | None) -> dict[str, str]:
+    """ccache's settings for the mounts above (ccache 4.7, the images' version): the
+    client's volume, capped at ``KIISRV_CCACHE_CLIENT_SIZE`` (ccache evicts past it), or a
+    scratch folder in /tmp, thrown away with the build, when it has no client."""
     own = client is not None and settings.ccache_clients > 0
     return {
         "CCACHE_DIR": CCACHE_DIR if own else SCRATCH_CCACHE_DIR,
         "CCACHE_MAXSIZE": settings.ccache_client_size,
-        "CCACHE_REMOTE_STORAGE": f"file:{SHARED_CCACHE_DIR}|read-only",
     }
 
 
@@ -136,7 +97,6 @@ def build_container_spec(
     zip_name: str,
     environment: dict[str, str],
     suffix: str,
-    seed_ccache: bool = False,
     ccache_client: str | None = None,
 ) -> ContainerSpec:
     env = {
@@ -150,16 +110,14 @@ def build_container_spec(
         "HOME": "/tmp",  # writable whatever the uid and the root filesystem
         "IN_DIR": IN_DIR,
         "OUT_DIR": OUT_DIR,
-        **ccache_environment(settings, seed_ccache=seed_ccache, client=ccache_client),
+        **ccache_environment(settings, client=ccache_client),
     }
     return ContainerSpec(
         name=f"{settings.instance}-build-{job_hash[:16]}-{suffix}",
         image=image,
         command=[script, job_hash, zip_name],
         environment=env,
-        mounts=build_mounts(
-            settings, job_hash, seed_ccache=seed_ccache, ccache_client=ccache_client
-        ),
+        mounts=build_mounts(settings, ccache_client=ccache_client),
         labels={
             LABEL_MANAGED: "1",
             LABEL_INSTANCE: settings.instance,
@@ -169,7 +127,9 @@ def build_container_spec(
         nano_cpus=int(settings.build_cpus * 1e9),
         pids_limit=settings.build_pids,
         user=settings.build_user or None,
+        tmpfs={"/tmp": f"exec,mode=1777,size={settings.build_tmpfs}"},
         read_only=settings.build_read_only,
+        log_max_size=settings.build_log_size,
     )
 
 
@@ -196,7 +156,8 @@ def release_reader_spec(
             LABEL_PURPOSE: "release",
         },
         mem_limit="32m",
-        nano_cpus=0,
+        # The build's CPU quota, if any: the socket proxy holds every container to it.
+        nano_cpus=int(settings.build_cpus * 1e9),
         pids_limit=8,
         user=settings.build_user or None,
         tmpfs={},

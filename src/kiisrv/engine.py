@@ -34,7 +34,8 @@ from docker import DockerClient
 from docker.types import LogConfig, Mount
 
 from kiisrv.buildio import UnsafeOutput
-from kiisrv.containers import LABEL_INSTANCE, ContainerSpec
+from kiisrv.containers import ContainerSpec
+from kiisrv.enginepolicy import LABEL_INSTANCE, LABEL_MANAGED, NOT_OURS
 from kiisrv.errors import (
     EngineConflict,
     EngineError,
@@ -73,7 +74,18 @@ def _epoch(created: object) -> float:
 
 def _create(c: DockerClient, spec: ContainerSpec) -> str:
     """The container of ``spec``, created (not started): every container kiisrv makes,
-    shaped as the socket proxy's create rule expects (``enginepolicy.check_create``)."""
+    shaped as the socket proxy's create rule expects (``enginepolicy.check_create``).
+
+    Its named volumes are created first, labelled as this deployment's: the socket
+    proxy mounts no volume it cannot see is ours (dockerd would make a missing one,
+    unlabelled). Creating one that exists changes nothing."""
+    for mount in spec.mounts:
+        if mount.type == "volume" and mount.source:
+            c.api.create_volume(
+                mount.source,
+                driver="local",
+                labels={LABEL_MANAGED: "1", LABEL_INSTANCE: spec.labels[LABEL_INSTANCE]},
+            )
     host_config = c.api.create_host_config(
         mounts=[
             Mount(m.target, m.source, type=m.type, read_only=m.read_only)  # type: ignore[arg-type]
@@ -166,6 +178,10 @@ class Engine:
         except docker.errors.NotFound as exc:
             raise EngineNotFound(f"{what}: {exc.explanation}") from exc
         except docker.errors.APIError as exc:
+            if exc.status_code == 403 and NOT_OURS in str(exc.explanation):
+                # The socket proxy's one answer for a container that is not exactly one
+                # of ours: for a container kiisrv made, that it is gone.
+                raise EngineNotFound(f"{what}: {exc.explanation}") from exc
             if exc.status_code == 409:
                 raise EngineConflict(f"{what}: {exc.explanation}") from exc
             log.warning("engine %s failed: %s", what, exc)

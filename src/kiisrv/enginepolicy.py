@@ -4,14 +4,23 @@ Access to the engine is root on the host: whoever may create a container may mak
 privileged or bind-mount ``/``. A proxy filtering by method and path (the HAProxy
 allow-list this replaces) stops exec and pulls but not that, so the rule here also
 reads the create body, by allow-list: a key kiisrv's ``Engine.start`` does not send is
-refused unless its value is empty (the Docker SDK sends many keys as null/false/[]).
+refused unless its value is empty (the Docker SDK sends many keys as null/false/[]),
+and every value it does send is checked for its type and against a ceiling the
+operator sets (memory, swap, processes, CPUs, tmpfs, log), not merely for being there.
 No bind mount passes, whatever its path: the server can write in its data folder, so a
 path "below the data folder" can be a symlink to ``/`` by the time dockerd mounts it
 (dockerd resolves it on the host; no check here can see that, or close the race).
 Builds get their files by the archive API instead, into an anonymous volume.
-Per-container calls (the archive ones too) are allowed on kiisrv's own build
-containers only, so a compromised server cannot kill, remove, inspect or copy files
-out of its neighbours (the Redis container's password is in its inspect answer).
+
+**Every decision binds to the object checked.** dockerd resolves a container reference
+by full id, then by name, then by id prefix, so a reference checked a moment ago can
+name another container now (a name deleted meanwhile falls through to a neighbour's id
+prefix). So a per-container call is forwarded to the full ``Id`` the ownership check
+read, never to the caller's string, and a reference that is not exactly one of this
+deployment's containers (its full id or its exact name) gets one uniform refusal,
+``NOT_OURS``, whatever the engine said (missing, ambiguous prefix, someone else's):
+no oracle of what else runs on the host. Volumes likewise: inspected first, and only
+this deployment's (its labels, the local driver, no options) are mounted or removed.
 
 The engine parses JSON case-insensitively and keeps the last of duplicate keys, so the
 proxy forwards the body *it* checked, re-serialised, with the empty keys left out:
@@ -26,12 +35,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from kiisrv.ccache import is_client_volume_name
-from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED
+# The labels that make a container or volume this deployment's (containers.py sets them).
+LABEL_MANAGED = "io.kiisrv.managed"
+LABEL_INSTANCE = "io.kiisrv.instance"
 
 # Largest create body read (kiisrv's are about 2 KB).
 MAX_CREATE_BODY = 256 * 1024
@@ -40,9 +50,14 @@ MAX_CREATE_BODY = 256 * 1024
 MAX_ARCHIVE_BODY = 64 * 1024 * 1024
 # Older API versions took a HostConfig on start (privileged, binds): never let one in.
 MIN_API_VERSION = (1, 24)
-# A build's output kept by the engine: json-file, at most this much per file, 2 files.
-MAX_LOG_BYTES = 16 * 1024 * 1024
-MAX_LOG_FILES = 2
+# The one answer to a container reference that is not exactly one of ours, whatever the
+# engine knows of it. Engine.py reads it as "not found" (a build container gone).
+NOT_OURS = "no container of this deployment by that reference"
+# The one answer to a volume that is not this deployment's.
+NOT_OUR_VOLUME = "no volume of this deployment by that name"
+# The only tmpfs a build gets, and the options it may have.
+TMPFS_TARGET = "/tmp"
+_TMPFS_FLAGS = {"exec", "noexec", "nosuid", "nodev", "rw"}
 
 
 class Refused(Exception):
@@ -54,19 +69,57 @@ class Refused(Exception):
 
 
 class Kind(Enum):
-    PASS = "pass"  # ping, version, images: nothing of a container
+    PASS = "pass"  # ping, version: nothing of a container
+    IMAGES = "images"  # the image list, narrowed to the controller images
+    IMAGE = "image"  # one image's inspect: a controller image only
     LIST = "list"  # the container list, narrowed to kiisrv's containers
     CREATE = "create"  # the body is checked
-    CONTAINER = "container"  # a call on one container: allowed if it is kiisrv's
-    VOLUMES = "volumes"  # the volume list, narrowed to per-client ccaches
-    VOLUME = "volume"  # removing one volume: a per-client ccache only
+    CONTAINER = "container"  # a call on one container: bound to it if it is kiisrv's
+    VOLUMES = "volumes"  # the volume list, narrowed to this deployment's
+    VOLUME_CREATE = "volume-create"  # a volume of this deployment's, labelled so
+    VOLUME = "volume"  # removing one volume: this deployment's only
 
 
 @dataclass(frozen=True)
 class Call:
     kind: Kind
-    path: str  # what is forwarded: the path checked, never the raw one
-    container: str | None = None
+    path: str  # the path checked
+    container: str | None = None  # the reference given (a container or volume name)
+    version: str = ""  # "/v1.41", or "" for an unversioned call
+    tail: str = ""  # what follows the reference: "/start", "/archive", ""
+    # The query parameters this call may carry, each with the shape of its value.
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def at(self, ident: str) -> str:
+        """This call's path on ``ident`` (the full id the check read), not the reference."""
+        if self.container is None:
+            raise ValueError("not a call on one container or volume")
+        base = "/containers/" if self.kind is Kind.CONTAINER else "/volumes/"
+        return f"{self.version}{base}{ident}{self.tail}"
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``512m``, ``2g``, ``1048576``, as Docker reads them (1024-based)."""
+    found = re.fullmatch(r"([0-9]+)([bkmg]?)b?", text.strip().lower())
+    if not found:
+        raise ValueError(f"not a size: {text!r}")
+    scale = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[found[2]]
+    return int(found[1]) * scale
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The most any container may ask of the host through the proxy. Defaults are what
+    a build needs (containers.ContainerSpec); the operator raises them with the build
+    settings (socketproxy.policy)."""
+
+    memory: int = 2 * 1024**3  # also the swap: MemorySwap must equal Memory
+    pids: int = 512
+    # Hard CPU quota, in nano-CPUs; 0: a build may also go without one (CPU shares only).
+    nano_cpus: int = 0
+    tmpfs: int = 1024**3
+    log_bytes: int = 1024**2
+    log_files: int = 2
 
 
 @dataclass(frozen=True)
@@ -74,8 +127,8 @@ class Policy:
     instances: frozenset[str]
     image_prefix: str
     image_tag: str
-    volumes: frozenset[str]
     build_user: str
+    ceilings: Ceilings = field(default_factory=Ceilings)
     # Per-client ccaches (ccache.py): this prefix and a pseudonym. Empty: none.
     client_volume_prefix: str = ""
 
@@ -88,6 +141,13 @@ class Policy:
                 "to the controller image's uid:gid (1000:1000)"
             )
 
+    def controller_image(self, name: object) -> bool:
+        """``name`` is a controller image of this deployment (``<prefix>controller-*:<tag>``)."""
+        pattern = f"{re.escape(self.image_prefix)}controller-[A-Za-z0-9_.-]+:"
+        return isinstance(name, str) and bool(
+            re.fullmatch(pattern + re.escape(self.image_tag), name)
+        )
+
 
 def _is_root(user: str) -> bool:
     uid = user.split(":", 1)[0].strip()
@@ -96,58 +156,169 @@ def _is_root(user: str) -> bool:
 
 # -- paths -----------------------------------------------------------------------------
 
-_VERSION = re.compile(r"^/v([0-9]+)\.([0-9]+)(/.*)$")
+_VERSION = re.compile(r"/v([0-9]+)\.([0-9]+)(/.*)", re.DOTALL)
 # Docker's own rule for names, and ids are hex: no "/", no "." or ".." alone.
 _CONTAINER = r"(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*)"
-_IMAGE = r"[A-Za-z0-9][A-Za-z0-9_.:@/-]*"
-_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str], Kind], ...] = tuple(
-    (frozenset(methods), re.compile(f"^{pattern}$"), kind)
-    for methods, pattern, kind in (
-        (("GET", "HEAD"), r"/_ping", Kind.PASS),
-        (("GET",), r"/version", Kind.PASS),
-        (("GET",), r"/images/json", Kind.PASS),
-        (("GET",), rf"/images/{_IMAGE}/json", Kind.PASS),
-        (("GET",), r"/containers/json", Kind.LIST),
-        (("POST",), r"/containers/create", Kind.CREATE),
-        (("GET",), rf"/containers/{_CONTAINER}/(json|logs)", Kind.CONTAINER),
-        (("POST",), rf"/containers/{_CONTAINER}/(start|wait|kill)", Kind.CONTAINER),
-        (("DELETE",), rf"/containers/{_CONTAINER}", Kind.CONTAINER),
+_IMAGE = r"(?P<image>[A-Za-z0-9][A-Za-z0-9_.:@/-]*)"
+_BOOL = r"(0|1|true|false|True|False)"
+# Each route: methods, path, kind, and the query parameters it may carry (name: a
+# pattern for its value). What the Docker SDK sends for kiisrv's calls, nothing more.
+_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str], Kind, Mapping[str, str]], ...] = tuple(
+    (frozenset(methods), re.compile(pattern), kind, query)
+    for methods, pattern, kind, query in (
+        (("GET", "HEAD"), r"/_ping", Kind.PASS, {}),
+        (("GET",), r"/version", Kind.PASS, {}),
+        (("GET",), r"/images/json", Kind.IMAGES, {"all": _BOOL, "only_ids": _BOOL}),
+        (("GET",), rf"/images/{_IMAGE}/json", Kind.IMAGE, {}),
+        (
+            ("GET",),
+            r"/containers/json",
+            Kind.LIST,
+            {
+                "all": _BOOL,
+                "limit": r"-?[0-9]+",
+                "size": _BOOL,
+                "trunc_cmd": _BOOL,
+                "filters": ".*",
+            },
+        ),
+        (("POST",), r"/containers/create", Kind.CREATE, {"name": ".*"}),
+        (("GET",), rf"/containers/{_CONTAINER}(?P<tail>/json)", Kind.CONTAINER, {}),
+        (
+            ("GET",),
+            rf"/containers/{_CONTAINER}(?P<tail>/logs)",
+            Kind.CONTAINER,
+            {
+                "stdout": _BOOL,
+                "stderr": _BOOL,
+                "timestamps": _BOOL,
+                "follow": _BOOL,
+                "tail": r"all|[0-9]+",
+                "since": r"[0-9]+(\.[0-9]+)?",
+                "until": r"[0-9]+(\.[0-9]+)?",
+            },
+        ),
+        (("POST",), rf"/containers/{_CONTAINER}(?P<tail>/start)", Kind.CONTAINER, {}),
+        (
+            ("POST",),
+            rf"/containers/{_CONTAINER}(?P<tail>/wait)",
+            Kind.CONTAINER,
+            {"condition": r"not-running|next-exit|removed"},
+        ),
+        (
+            ("POST",),
+            rf"/containers/{_CONTAINER}(?P<tail>/kill)",
+            Kind.CONTAINER,
+            {"signal": r"[A-Z0-9]{1,12}"},
+        ),
+        (
+            ("DELETE",),
+            rf"/containers/{_CONTAINER}(?P<tail>)",
+            Kind.CONTAINER,
+            {"v": _BOOL, "force": _BOOL, "link": r"0|false|False"},
+        ),
         # A build's inputs in (before start) and outputs out (after exit): no bind mounts.
-        (("GET", "PUT"), rf"/containers/{_CONTAINER}/archive", Kind.CONTAINER),
-        (("GET",), r"/volumes", Kind.VOLUMES),
-        (("DELETE",), rf"/volumes/{_CONTAINER}", Kind.VOLUME),
+        (
+            ("GET", "PUT"),
+            rf"/containers/{_CONTAINER}(?P<tail>/archive)",
+            Kind.CONTAINER,
+            {"path": ".+"},
+        ),
+        (("GET",), r"/volumes", Kind.VOLUMES, {"filters": ".*"}),
+        (("POST",), r"/volumes/create", Kind.VOLUME_CREATE, {}),
+        (
+            ("DELETE",),
+            rf"/volumes/{_CONTAINER}(?P<tail>)",
+            Kind.VOLUME,
+            {"force": r"0|false|False"},
+        ),
     )
 )
 
 
 def route(method: str, path: str) -> Call:
-    """Which kind of call this is; Refused for every path kiisrv does not need."""
+    """Which kind of call this is; Refused for every path kiisrv does not need.
+
+    Patterns match the whole path (``fullmatch``: a ``$`` would also match before a
+    final newline, and ``%0a`` decodes to one)."""
     if any(part in ("", ".", "..") for part in path.split("/")[1:]):
         raise Refused(f"path {path!r} is not in canonical form")
-    rest = path
-    versioned = _VERSION.match(path)
+    rest, version = path, ""
+    versioned = _VERSION.fullmatch(path)
     if versioned:
-        version = (int(versioned[1]), int(versioned[2]))
-        if version < MIN_API_VERSION:
-            raise Refused(f"API version {version[0]}.{version[1]} is too old")
-        rest = versioned[3]
-    for methods, pattern, kind in _ROUTES:
-        matched = pattern.match(rest)
+        number = (int(versioned[1]), int(versioned[2]))
+        if number < MIN_API_VERSION:
+            raise Refused(f"API version {number[0]}.{number[1]} is too old")
+        rest, version = versioned[3], path[: len(path) - len(versioned[3])]
+    for methods, pattern, kind, query in _ROUTES:
+        matched = pattern.fullmatch(rest)
         if matched and method in methods:
-            if kind is Kind.CONTAINER and matched["id"] in ("json", "create"):
+            groups = matched.groupdict()
+            if kind is Kind.CONTAINER and groups["id"] in ("json", "create"):
                 break  # /containers/json/json is not a container called "json"
-            return Call(kind, path, matched.groupdict().get("id"))
-    raise Refused(f"{method} {rest} is not an Engine API call kiisrv makes")
+            if kind is Kind.VOLUME and groups["id"] in ("create", "prune"):
+                break
+            return Call(kind, path, groups.get("id"), version, groups.get("tail") or "", query)
+    raise Refused(f"{method} {rest!r} is not an Engine API call kiisrv makes")
+
+
+def checked_query(
+    call: Call, query: Sequence[tuple[str, str]], policy: Policy
+) -> list[tuple[str, str]]:
+    """The query to forward: only the parameters this call may carry, with values of
+    their shape (a ``link=1``, ``force`` on a volume, ``platform`` on a create: refused)."""
+    kept: list[tuple[str, str]] = []
+    for name, value in query:
+        shape = call.params.get(name)
+        if shape is None:
+            raise Refused(f"query parameter {name!r} is not one kiisrv sends")
+        if not re.fullmatch(shape, value, re.DOTALL):
+            raise Refused(f"query parameter {name}={value!r} is not allowed")
+        if call.kind is Kind.CREATE and name == "name":
+            _check_name(value, policy)
+        kept.append((name, value))
+    if call.kind is Kind.CREATE and "name" not in {n for n, _ in kept}:
+        raise Refused("a container of kiisrv's has a name of its instance")
+    return kept
+
+
+def _check_name(name: str, policy: Policy) -> None:
+    """A container's name starts with its instance (``<instance>-build-...``): no name
+    that looks like an id or a neighbour's name, which dockerd would resolve first."""
+    if not any(
+        re.fullmatch(re.escape(instance) + r"-[A-Za-z0-9_.-]+", name)
+        for instance in policy.instances
+    ):
+        raise Refused(f"container name {name!r} is not <instance>-...")
 
 
 # -- one container -----------------------------------------------------------------------
 
 
-def owned(labels: Mapping[str, str] | None, policy: Policy) -> None:
-    """Refused unless the container is a build container of a configured instance."""
-    labels = labels or {}
+def owned(labels: object, policy: Policy) -> None:
+    """Refused unless the labels are those of a container (or volume) of a configured
+    instance."""
+    if not isinstance(labels, Mapping):
+        raise Refused(NOT_OURS)
     if labels.get(LABEL_MANAGED) != "1" or labels.get(LABEL_INSTANCE) not in policy.instances:
-        raise Refused("not a kiisrv build container of this deployment")
+        raise Refused(NOT_OURS)
+
+
+def bound_container(reference: str, inspected: object, policy: Policy) -> str:
+    """The full id of the container ``reference`` names, from the engine's inspect
+    answer for it: Refused(NOT_OURS) unless the reference is exactly that container's
+    full id or name (not a prefix: dockerd's last resort, which a deleted name falls
+    through to) and it is this deployment's."""
+    if not isinstance(inspected, Mapping):
+        raise Refused(NOT_OURS)
+    ident, name = inspected.get("Id"), inspected.get("Name")
+    if not isinstance(ident, str) or not re.fullmatch(r"[0-9a-f]{64}", ident):
+        raise Refused(NOT_OURS)
+    if reference != ident and name != f"/{reference}":
+        raise Refused(NOT_OURS)
+    config = inspected.get("Config")
+    owned(config.get("Labels") if isinstance(config, Mapping) else None, policy)
+    return ident
 
 
 def list_query(query: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -158,10 +329,7 @@ def list_query(query: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         if name != "filters":
             rest.append((name, value))
             continue
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            raise Refused("filters is not JSON") from None
+        parsed = _json_text(value, "filters")
         if not isinstance(parsed, dict):
             raise Refused("filters is not a JSON object")
         filters.update(parsed)
@@ -172,17 +340,39 @@ def list_query(query: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return [*rest, ("filters", json.dumps(filters))]
 
 
-def visible(containers: Iterable[Mapping[str, Any]], policy: Policy) -> list[Mapping[str, Any]]:
+def visible(containers: object, policy: Policy) -> list[Mapping[str, Any]]:
     """The entries of a container list the caller may see (the engine ANDs label filters,
     so several instances cannot be asked for in one query)."""
     seen = []
-    for c in containers:
+    for c in containers if isinstance(containers, list) else []:
         try:
-            owned(c.get("Labels"), policy)
+            owned(c.get("Labels") if isinstance(c, Mapping) else None, policy)
         except Refused:
             continue
         seen.append(c)
     return seen
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+def visible_images(images: object, policy: Policy) -> list[dict[str, Any]]:
+    """The image list narrowed to the controller images, each with only its controller
+    names: what ``Engine.images`` reads, nothing of the rest of the host."""
+    seen = []
+    for image in images if isinstance(images, list) else []:
+        if not isinstance(image, Mapping):
+            continue
+        tags = [t for t in image.get("RepoTags") or [] if policy.controller_image(t)]
+        if tags:
+            seen.append({**image, "RepoTags": tags, "RepoDigests": []})
+    return seen
+
+
+def check_image(call: Call, policy: Policy) -> None:
+    name = call.path.split("/images/", 1)[1].removesuffix("/json")
+    if not policy.controller_image(name):
+        raise Refused("not a controller image")
 
 
 # -- the create body ---------------------------------------------------------------------
@@ -213,6 +403,21 @@ def _object(where: str, value: object) -> Mapping[str, Any]:
     return value
 
 
+def _strings(where: str, value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Refused(f"{where} is not a list of strings")
+    return value
+
+
+def _int(where: str, value: object, low: int, high: int) -> int:
+    # bool is an int in Python, not in the engine's Go.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise Refused(f"{where} {value!r} is not within {low}..{high}")
+    return value
+
+
 # Named so the reason says what the attempt was; every other unknown key is refused too.
 _FORBIDDEN_HOST = {
     "Privileged": "a privileged container",
@@ -240,7 +445,6 @@ _HOST_KEYS = {
     "Memory",
     "MemorySwap",
     "NanoCpus",
-    "CpuShares",
     "PidsLimit",
     "Tmpfs",
     "NetworkMode",
@@ -252,63 +456,86 @@ _HOST_KEYS = {
     "AutoRemove",
     "Init",
 }
-_TOP_KEYS = {
-    "Hostname",
-    "Domainname",
-    "User",
-    "AttachStdin",
-    "AttachStdout",
-    "AttachStderr",
-    "Tty",
-    "OpenStdin",
-    "StdinOnce",
-    "Env",
-    "Cmd",
-    "Image",
-    "WorkingDir",
-    "NetworkDisabled",
-    "Labels",
-    "StopSignal",
-    "StopTimeout",
-    "HostConfig",
+# The top-level keys and the type each value must have.
+_TOP_KEYS: Mapping[str, type | tuple[type, ...]] = {
+    "Hostname": str,
+    "Domainname": str,
+    "User": str,
+    "AttachStdin": bool,
+    "AttachStdout": bool,
+    "AttachStderr": bool,
+    "Tty": bool,
+    "OpenStdin": bool,
+    "StdinOnce": bool,
+    "Env": list,
+    "Cmd": list,
+    "Image": str,
+    "WorkingDir": str,
+    "NetworkDisabled": bool,
+    "Labels": dict,
+    "StopSignal": str,
+    "StopTimeout": int,
+    "HostConfig": dict,
 }
 _SECURITY_OPTS = {"no-new-privileges", "no-new-privileges:true", "no-new-privileges=true"}
-_SIZE = re.compile(r"^([0-9]+)([kmg]?)$")
 
 
 def check_create(body: object, policy: Policy) -> dict[str, Any]:
     """The create body to forward; Refused when it asks for more than a build needs."""
     config = dict(_only("", _object("the body", body), _TOP_KEYS))
-    image = config.get("Image")
-    pattern = f"{re.escape(policy.image_prefix)}controller-[A-Za-z0-9_.-]+:"
-    if not isinstance(image, str) or not re.fullmatch(pattern + re.escape(policy.image_tag), image):
-        raise Refused(f"image {image!r} is not a controller image")
+    for key, kind in _TOP_KEYS.items():
+        value = config.get(key)
+        if value is not None and (
+            not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)
+        ):
+            raise Refused(f"{key} is not a {getattr(kind, '__name__', kind)}")
+    _strings("Env", config.get("Env"))
+    _strings("Cmd", config.get("Cmd"))
+    if not policy.controller_image(config.get("Image")):
+        raise Refused(f"image {config.get('Image')!r} is not a controller image")
     if config.get("User") != policy.build_user:
         raise Refused(f"user {config.get('User')!r} is not the build user {policy.build_user}")
     labels = _object("Labels", config.get("Labels"))
-    owned({str(k): str(v) for k, v in labels.items()}, policy)
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise Refused("Labels are not strings")
+    try:
+        owned(labels, policy)
+    except Refused:
+        raise Refused("not a kiisrv build container of this deployment") from None
     config["HostConfig"] = _check_host(_object("HostConfig", config.get("HostConfig")), policy)
     return config
 
 
 def _check_host(raw: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    limits = policy.ceilings
     for key, what in _FORBIDDEN_HOST.items():
         if not _empty(raw.get(key)):
             raise Refused(f"HostConfig.{key}: {what}")
     host = _only("HostConfig.", raw, _HOST_KEYS)
     if host.get("NetworkMode") != "none":
         raise Refused(f"HostConfig.NetworkMode {host.get('NetworkMode')!r}: only none")
-    if "ALL" not in (host.get("CapDrop") or []):
-        raise Refused("HostConfig.CapDrop must contain ALL")
-    opts = host.get("SecurityOpt")
-    if not isinstance(opts, list) or not set(opts) & _SECURITY_OPTS:
+    if host.get("CapDrop") != ["ALL"]:
+        raise Refused(f"HostConfig.CapDrop {host.get('CapDrop')!r}: must be exactly ['ALL']")
+    opts = _strings("HostConfig.SecurityOpt", host.get("SecurityOpt"))
+    if not set(opts) & _SECURITY_OPTS:
         raise Refused("HostConfig.SecurityOpt must contain no-new-privileges")
     if set(opts) - _SECURITY_OPTS:
         raise Refused(f"HostConfig.SecurityOpt {sorted(set(opts) - _SECURITY_OPTS)}: not allowed")
-    for limit in ("Memory", "PidsLimit"):
-        if not isinstance(host.get(limit), int) or host[limit] <= 0:
-            raise Refused(f"HostConfig.{limit} must be a positive limit")
-    host["LogConfig"] = _check_log(_object("HostConfig.LogConfig", host.get("LogConfig")))
+    for key in ("ReadonlyRootfs", "AutoRemove", "Init"):
+        if key in host and not isinstance(host[key], bool):
+            raise Refused(f"HostConfig.{key} is not a boolean")
+    memory = _int("HostConfig.Memory", host.get("Memory"), 1, limits.memory)
+    if host.get("MemorySwap") != memory:
+        raise Refused(f"HostConfig.MemorySwap {host.get('MemorySwap')!r}: must equal Memory")
+    _int("HostConfig.PidsLimit", host.get("PidsLimit"), 1, limits.pids)
+    if limits.nano_cpus:
+        _int("HostConfig.NanoCpus", host.get("NanoCpus"), 1, limits.nano_cpus)
+    elif "NanoCpus" in host:
+        _int("HostConfig.NanoCpus", host["NanoCpus"], 1, 2**40)  # no quota, or any
+    host["Tmpfs"] = _check_tmpfs(_object("HostConfig.Tmpfs", host.get("Tmpfs")), limits)
+    if not host["Tmpfs"]:
+        del host["Tmpfs"]
+    host["LogConfig"] = _check_log(_object("HostConfig.LogConfig", host.get("LogConfig")), limits)
     mounts = host.get("Mounts") or []
     if not isinstance(mounts, list):
         raise Refused("HostConfig.Mounts is not a list")
@@ -316,60 +543,141 @@ def _check_host(raw: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     return host
 
 
-def _check_log(raw: Mapping[str, Any]) -> dict[str, Any]:
+def _check_tmpfs(raw: Mapping[str, Any], limits: Ceilings) -> dict[str, str]:
+    """At most one tmpfs, on /tmp, with a size (0 is unlimited to the kernel) within the
+    ceiling and no option but those a build's /tmp has."""
+    checked: dict[str, str] = {}
+    for target, options in raw.items():
+        if target != TMPFS_TARGET:
+            raise Refused(f"HostConfig.Tmpfs {target!r}: only {TMPFS_TARGET}")
+        if not isinstance(options, str):
+            raise Refused("HostConfig.Tmpfs options are not a string")
+        size = None
+        for option in options.split(","):
+            name, _, value = option.strip().partition("=")
+            if name == "size":
+                try:
+                    size = parse_size(value)
+                except ValueError:
+                    raise Refused(f"tmpfs size {value!r} is not a size") from None
+            elif name == "mode":
+                if not re.fullmatch(r"[0-7]{3,4}", value):
+                    raise Refused(f"tmpfs mode {value!r} is not an octal mode")
+            elif name not in _TMPFS_FLAGS or value:
+                raise Refused(f"tmpfs option {option!r} is not allowed")
+        if size is None or not 0 < size <= limits.tmpfs:
+            raise Refused(f"tmpfs size must be within 1..{limits.tmpfs} bytes")
+        checked[target] = options
+    return checked
+
+
+def _check_log(raw: Mapping[str, Any], limits: Ceilings) -> dict[str, Any]:
     log = _only("HostConfig.LogConfig.", raw, {"Type", "Config"})
     if log.get("Type") != "json-file":
         raise Refused("HostConfig.LogConfig.Type must be json-file")
     options = _only(
         "LogConfig.Config.", _object("LogConfig", log.get("Config")), {"max-size", "max-file"}
     )
-    size = _SIZE.match(str(options.get("max-size", "")).lower())
-    if not size:
-        raise Refused("HostConfig.LogConfig needs a max-size")
-    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[size[2]]
-    if int(size[1]) * scale > MAX_LOG_BYTES:
-        raise Refused(f"log max-size {options['max-size']} is over {MAX_LOG_BYTES} bytes")
-    files = str(options.get("max-file", "1"))
-    if not files.isdigit() or not 1 <= int(files) <= MAX_LOG_FILES:
-        raise Refused(f"log max-file {files} is not 1..{MAX_LOG_FILES}")
-    return log
+    if not all(isinstance(v, str) for v in options.values()):
+        raise Refused("HostConfig.LogConfig options are not strings")
+    try:
+        size = parse_size(options.get("max-size", ""))
+    except ValueError:
+        raise Refused("HostConfig.LogConfig needs a max-size") from None
+    if not 0 < size <= limits.log_bytes:
+        raise Refused(f"log max-size {options['max-size']} is over {limits.log_bytes} bytes")
+    files = options.get("max-file", "1")
+    if not re.fullmatch(r"[0-9]{1,3}", files) or not 1 <= int(files) <= limits.log_files:
+        raise Refused(f"log max-file {files} is not 1..{limits.log_files}")
+    return {"Type": "json-file", "Config": options}
 
 
 def _check_mount(raw: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     # BindOptions (propagation) and VolumeOptions (a DriverConfig creates the volume as a
     # bind of any host folder) stay empty: _only refuses them.
     mount = _only("Mounts.", raw, {"Type", "Source", "Target", "ReadOnly", "Consistency"})
-    source = mount.get("Source")
+    source, target = mount.get("Source"), mount.get("Target")
+    if not isinstance(target, str) or not target.startswith("/"):
+        raise Refused(f"a mount target {target!r} is not an absolute path")
+    if "ReadOnly" in mount and not isinstance(mount["ReadOnly"], bool):
+        raise Refused("a mount's ReadOnly is not a boolean")
     if mount.get("Type") == "bind":
         # Whatever its path says: the server can write in its data folder, so it could
         # make that path a symlink to / between any check here and dockerd's mount.
         raise Refused(f"a bind mount ({source!r}): build containers mount no host folder")
-    if mount.get("Type") == "volume" and source is None:
-        return mount  # anonymous: the build's own folder, removed with it
-    if not isinstance(source, str):
-        raise Refused(f"a {mount.get('Type')!r} mount without a source")
-    if mount.get("Type") == "volume":
-        if source not in policy.volumes and not _client_volume(source, policy):
-            raise Refused(f"volume {source!r} is not the ccache volume or a client ccache")
-        return mount
-    raise Refused(f"mount type {mount.get('Type')!r} is not allowed")
+    if mount.get("Type") != "volume":
+        raise Refused(f"mount type {mount.get('Type')!r} is not allowed")
+    if source is None:
+        return mount  # anonymous: the build's own folder, removed with the container
+    if not isinstance(source, str) or not _client_volume(source, policy):
+        raise Refused(f"volume {source!r} is not a client ccache")
+    return mount
 
 
-# -- per-client ccache volumes ---------------------------------------------------------------
-# The pruner lists and removes them (retention.prune_ccache_volumes); build containers
-# mount them by name, without options (_check_mount). No other volume can be listed or
-# removed: the shared ccache holds every stock build's objects.
+def named_volumes(config: Mapping[str, Any]) -> list[str]:
+    """The named volumes a checked create body mounts: each must be inspected (and be
+    this deployment's) before the create is forwarded, or dockerd would make it."""
+    host = config.get("HostConfig") or {}
+    return [m["Source"] for m in host.get("Mounts") or [] if m.get("Source")]
+
+
+# -- volumes ---------------------------------------------------------------------------------
+# Per-client ccaches (ccache.py): created through the proxy with this deployment's labels
+# (check_volume_create), mounted and removed only once an inspect shows they are still
+# so (owned_volume). No other volume can be listed, mounted or removed.
 
 
 def _client_volume(name: str, policy: Policy) -> bool:
     prefix = policy.client_volume_prefix
-    return bool(prefix) and is_client_volume_name(prefix, name)
+    return (
+        bool(prefix)
+        and name.startswith(prefix)
+        and bool(re.fullmatch(r"[0-9a-f]{20}", name[len(prefix) :]))
+    )
+
+
+def check_volume_create(body: object, policy: Policy) -> dict[str, Any]:
+    """The volume create body to forward: a client ccache's name, the local driver with
+    no options, and this deployment's labels."""
+    raw = _only("volume ", _object("the body", body), {"Name", "Driver", "Labels"})
+    name = raw.get("Name")
+    if not isinstance(name, str) or not _client_volume(name, policy):
+        raise Refused(f"volume {name!r} is not a client ccache")
+    if raw.get("Driver", "local") != "local":
+        raise Refused("a volume's driver must be local")
+    labels = _object("Labels", raw.get("Labels"))
+    try:
+        owned(labels, policy)
+    except Refused:
+        raise Refused("a volume of this deployment carries its labels") from None
+    if set(labels) != {LABEL_MANAGED, LABEL_INSTANCE}:
+        raise Refused("a volume carries kiisrv's labels only")
+    return {"Name": name, "Driver": "local", "Labels": dict(labels)}
+
+
+def owned_volume(name: str, inspected: object, policy: Policy) -> None:
+    """Refused unless the engine's inspect answer shows the volume ``name`` as this
+    deployment's: its labels, the local driver and no options (a local volume with
+    options is a bind of a host folder), and a client ccache's name."""
+    if (
+        not isinstance(inspected, Mapping)
+        or inspected.get("Name") != name
+        or not _client_volume(name, policy)
+        or inspected.get("Driver") != "local"
+        or not _empty(inspected.get("Options"))
+        or inspected.get("Scope", "local") != "local"
+    ):
+        raise Refused(NOT_OUR_VOLUME)
+    try:
+        owned(inspected.get("Labels"), policy)
+    except Refused:
+        raise Refused(NOT_OUR_VOLUME) from None
 
 
 def check_volume(call: Call, policy: Policy) -> None:
-    """Refused unless the volume of a DELETE is a per-client ccache."""
+    """Refused unless the volume of a DELETE is named as a per-client ccache."""
     if call.container is None or not _client_volume(call.container, policy):
-        raise Refused(f"volume {call.container!r} is not a client ccache")
+        raise Refused(NOT_OUR_VOLUME)
 
 
 def volume_query(query: Sequence[tuple[str, str]], policy: Policy) -> list[tuple[str, str]]:
@@ -379,15 +687,28 @@ def volume_query(query: Sequence[tuple[str, str]], policy: Policy) -> list[tuple
     return [("filters", json.dumps({"name": [policy.client_volume_prefix]}))]
 
 
-def visible_volumes(answer: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
-    """The entries of a volume list the caller may see (the engine's name filter
-    matches anywhere in the name)."""
-    volumes = answer.get("Volumes") or []
-    return {
-        "Volumes": [
-            v
-            for v in volumes
-            if isinstance(v, Mapping) and _client_volume(str(v.get("Name", "")), policy)
-        ],
-        "Warnings": answer.get("Warnings"),
-    }
+def visible_volumes(answer: object, policy: Policy) -> dict[str, Any]:
+    """The entries of a volume list the caller may see: this deployment's client
+    ccaches (the engine's name filter matches anywhere in the name)."""
+    volumes = answer.get("Volumes") if isinstance(answer, Mapping) else None
+    seen = []
+    for v in volumes if isinstance(volumes, list) else []:
+        try:
+            owned_volume(str(v.get("Name", "")) if isinstance(v, Mapping) else "", v, policy)
+        except Refused:
+            continue
+        seen.append(v)
+    return {"Volumes": seen, "Warnings": None}
+
+
+def _json_text(text: str | bytes, what: str) -> Any:
+    """JSON from a request, or Refused: never a 500 (a RecursionError from 50,000
+    nested arrays included)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise Refused(f"{what} is not JSON") from None
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    return _json_text(text, what)

@@ -14,7 +14,7 @@ from typing import Any
 
 from kiisrv import kll, support
 from kiisrv.catalog import Available
-from kiisrv.errors import InvalidLayout, KiisrvError, NotFound
+from kiisrv.errors import InvalidLayout
 from kiisrv.jobs import Job
 from kiisrv.layout import BuildRequest, Layout, parse_request
 from kiisrv.layouts import BaseFile, LayoutStore
@@ -45,49 +45,14 @@ class Plan:
     board: str
     variant: str
     base_file: BaseFile | None = None  # a memo of this plan is good while it is unchanged
-    # May this build write the shared ccache? Only when its inputs are the server's own
-    # (seeds_cache below); False, the safe side, for a plan made elsewhere without it.
-    seeds_cache: bool = False
     # The pseudonym of the client whose ccache volume this build writes (ccache.py);
-    # None: none, the shared one read-only. Not part of the hash: the same layout from
-    # two clients is one build, in the ccache of whoever asked first.
+    # None: none (a scratch ccache). Not part of the hash: the same layout from two
+    # clients is one build, in the ccache of whoever asked first.
     ccache_client: str | None = None
 
     @property
     def layers(self) -> int:
         return len(self.files)
-
-
-@dataclass(frozen=True)
-class StockInputs:
-    """What the server generates from one stock layout file, for one channel.
-
-    Good while the file and its base are unchanged (two stats). ``params`` is None when
-    the stock layout itself does not plan (then nothing matches it).
-    """
-
-    stock: BaseFile
-    base: BaseFile
-    files: tuple[kll.KllFile, ...] = ()
-    params: kll.BuildParams | None = None
-
-    def unchanged(self) -> bool:
-        return self.stock.unchanged() and self.base.unchanged()
-
-
-def seeds_cache(
-    files: list[kll.KllFile], params: kll.BuildParams, stock: StockInputs | None
-) -> bool:
-    """Whether a build may write the ccache every build shares.
-
-    ccache serves an object to any build with the same compiler inputs, so an object a
-    build left there ends up in other users' firmware. A build whose .kll files and
-    parameters are exactly those the server generates from one of its stock layouts
-    has inputs no client chose: its objects are the ones the stock build makes anyway.
-    Any other build only reads the cache. The client's JSON counts only through what
-    it generates: key order, unknown fields or a flag in the body change nothing here.
-    """
-    return stock is not None and stock.params == params and stock.files == tuple(files)
 
 
 def request_hash(
@@ -143,9 +108,6 @@ def zip_stem(name: str, layout: str, hash_: str) -> str:
 class Planner:
     def __init__(self, layouts: LayoutStore) -> None:
         self.layouts = layouts
-        # By file name and channel. Only names that resolved to a file of the layouts
-        # folder get in, so it stays as small as the folder, whatever requests say.
-        self._stock: dict[tuple[str, bool], StockInputs] = {}
 
     def validate(self, body: Any) -> BuildRequest:
         """The request model and a known keyboard, or the ClientError that says why not."""
@@ -183,7 +145,6 @@ class Planner:
             board=board,
             variant=variant,
             base_file=base_file,
-            seeds_cache=seeds_cache(files, params, self._stock_inputs(layout, lts)),
         )
 
     def _inputs(
@@ -197,27 +158,3 @@ class Planner:
         # File names feed DefaultMapOverride, a space-separated list: no spaces there.
         files = [kll.KllFile(kll.sanitise(f.name), f.content) for f in generated]
         return files, kll.build_params(layout, files), base, base_file
-
-    def _stock_inputs(self, layout: Layout, lts: bool) -> StockInputs | None:
-        """The inputs of the stock layout a request names (``<Name>-<Layout>.json``,
-        the file the Configurator downloaded), or None when there is none.
-
-        Generated once per file and channel, then two stats a request: the memo is good
-        while the file and its base are unchanged (``kiisrv layouts fetch`` replaces them).
-        """
-        name = f"{kll.board_name(layout)}-{layout.header.Layout}.json"
-        known = self._stock.get((name, lts))
-        if known is not None and known.unchanged():
-            return known
-        try:
-            path = self.layouts.resolve(name)
-        except NotFound:
-            return None
-        stock, stock_file = self.layouts.load_base_file(path.name)
-        try:
-            files, params, _, base_file = self._inputs(stock, lts)
-            made = StockInputs(stock_file, base_file, tuple(files), params)
-        except KiisrvError:  # a stock file that does not plan matches nothing
-            made = StockInputs(stock_file, stock_file)
-        self._stock[(name, lts)] = made
-        return made

@@ -66,7 +66,7 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
-def _trusted(address: str, networks: Sequence[Network]) -> bool:
+def is_trusted(address: str, networks: Sequence[Network]) -> bool:
     ip = _address(address)
     return ip is not None and any(ip in n for n in networks)
 
@@ -85,7 +85,7 @@ def client_address(
     """
     ip = _address(peer)
     peer = str(ip) if ip is not None else peer
-    if not forwarded_for or not _trusted(peer, trusted):
+    if not forwarded_for or not is_trusted(peer, trusted):
         return peer
     values = [forwarded_for] if isinstance(forwarded_for, str) else list(forwarded_for)
     hops = [h.strip() for value in values for h in value.split(",") if h.strip()]
@@ -94,7 +94,7 @@ def client_address(
         ip = _address(hop)
         if ip is None:
             return last
-        if not _trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             return str(ip)
         last = str(ip)
     return last

@@ -67,10 +67,9 @@ class Runner:
             zip_name=f"{job.stem}.zip",
             environment=plan.params.environment(),
             suffix=secrets.token_hex(3),
-            seed_ccache=plan.seeds_cache,
             ccache_client=plan.ccache_client,
         )
-        if plan.ccache_client and not plan.seeds_cache and self.settings.ccache_clients:
+        if plan.ccache_client and self.settings.ccache_clients:
             # For the pruner: when this client's volume was last used.
             await anyio.to_thread.run_sync(ccache.record_use, self.settings, plan.ccache_client)
         inputs = await anyio.to_thread.run_sync(

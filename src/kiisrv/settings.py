@@ -83,16 +83,38 @@ class Settings(BaseSettings):
         description="Seconds a build may run before it is killed.",
     )
     build_memory: str = Field(
-        "2g", alias="KIISRV_BUILD_MEMORY", description="Memory limit of a build container."
+        "2g",
+        alias="KIISRV_BUILD_MEMORY",
+        pattern=r"^[0-9]+[bkmgBKMG]?$",
+        description="Memory limit of a build container (swap: none beyond it); also the "
+        "socket proxy's ceiling.",
     )
     build_cpus: float = Field(
         0.0,
         alias="KIISRV_BUILD_CPUS",
         ge=0,
-        description="Hard CPU quota of a build; 0: none (concurrent builds share equally).",
+        description="Hard CPU quota of a build; 0: none (concurrent builds share equally). "
+        "Also the socket proxy's ceiling.",
     )
     build_pids: int = Field(
-        512, alias="KIISRV_BUILD_PIDS", ge=1, description="Process limit of a build container."
+        512,
+        alias="KIISRV_BUILD_PIDS",
+        ge=1,
+        description="Process limit of a build container; also the socket proxy's ceiling.",
+    )
+    build_tmpfs: str = Field(
+        "1g",
+        alias="KIISRV_BUILD_TMPFS",
+        pattern=r"^[0-9]+[bkmgBKMG]?$",
+        description="Size of a build's /tmp (a tmpfs, counted in its memory); also the "
+        "socket proxy's ceiling.",
+    )
+    build_log_size: str = Field(
+        "1m",
+        alias="KIISRV_BUILD_LOG_SIZE",
+        pattern=r"^[0-9]+[bkmgBKMG]?$",
+        description="The engine's copy of a build's output: at most this per file, two "
+        "files (json-file); also the socket proxy's ceiling.",
     )
     build_user: str = Field(
         "1000:1000",
@@ -187,6 +209,56 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest request body accepted, in bytes.",
     )
+    header_timeout: float = Field(
+        10.0,
+        alias="KIISRV_HEADER_TIMEOUT",
+        gt=0,
+        description="Seconds a request's headers may take to arrive (also a new "
+        "connection's first request); then 408 and the connection closed.",
+    )
+    body_timeout: float = Field(
+        10.0,
+        alias="KIISRV_BODY_TIMEOUT",
+        gt=0,
+        description="Seconds a request body may go without a byte; past that also the "
+        "least time before KIISRV_BODY_MIN_RATE is enforced. Then 408, closed.",
+    )
+    body_min_rate: float = Field(
+        1024.0,
+        alias="KIISRV_BODY_MIN_RATE",
+        ge=0,
+        description="Bytes a second a request body must average once it has taken "
+        "KIISRV_BODY_TIMEOUT seconds.",
+    )
+    max_connections: int = Field(
+        1000,
+        alias="KIISRV_MAX_CONNECTIONS",
+        ge=1,
+        description="Open connections the server holds at most; one more is answered 503.",
+    )
+    max_client_connections: int = Field(
+        32,
+        alias="KIISRV_MAX_CLIENT_CONNECTIONS",
+        ge=1,
+        description="Open connections per client (an address, an IPv6 /64; trusted "
+        "proxies exempt); one more is answered 429.",
+    )
+    kll_timeout: int = Field(
+        30,
+        alias="KIISRV_KLL_TIMEOUT",
+        ge=0,
+        description="Seconds a build's KLL step may take; a layout past it is answered "
+        "422 as its own failure (the slowest stock layout takes ~2 s). Shorter than "
+        "KIISRV_BUILD_TIMEOUT to take effect; 0: no limit.",
+    )
+    max_client_builds: int = Field(
+        1,
+        alias="KIISRV_MAX_CLIENT_BUILDS",
+        ge=1,
+        description="Builds one client (as the rate limit counts it) has queued or "
+        "running at once; its others wait their turn, so other clients' builds are "
+        "served between them. Cluster-wide with KIISRV_QUEUE_URL.",
+    )
     status_token: SecretStr | None = Field(
         None,
         alias="KIISRV_STATUS_TOKEN",
@@ -203,6 +275,12 @@ class Settings(BaseSettings):
         "Unset: `<data>/client-key`.",
     )
 
+    proxy_body_timeout: float = Field(
+        30.0,
+        alias="KIISRV_PROXY_BODY_TIMEOUT",
+        gt=0,
+        description="Socket proxy: seconds a request body may take to arrive whole (then 400).",
+    )
     proxy_instances: str = Field(
         "",
         alias="KIISRV_PROXY_INSTANCES",

@@ -6,19 +6,28 @@ to the rest, with a JSON ``message`` the Docker SDK shows. Written in Python so 
 rule lives beside the code that makes the calls, where unit tests reach it: no
 packaged proxy filters create bodies.
 
+What it checks is what it forwards: a per-container call goes to the full id its
+inspect answer gave (``enginepolicy.bound_container``), a create body as re-serialised
+after the check, a volume only after an inspect showed it is this deployment's. The
+engine's error answers reach the caller as their status and a fixed message: its text
+names other containers (a 409 names the user of a volume; "multiple IDs found" tells
+prefixes apart). Malformed input is a 400 or 403, never a 500; a body must arrive
+whole within ``KIISRV_PROXY_BODY_TIMEOUT``.
+
 Responses are streamed as they come: ``wait`` answers when the build ends and logs
 may be long, so the upstream read has no timeout (the caller keeps its own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -26,16 +35,26 @@ from kiisrv.ccache import client_volume_prefix
 from kiisrv.enginepolicy import (
     MAX_ARCHIVE_BODY,
     MAX_CREATE_BODY,
+    NOT_OURS,
     Call,
+    Ceilings,
     Kind,
     Policy,
     Refused,
+    bound_container,
     check_create,
+    check_image,
     check_volume,
+    check_volume_create,
+    checked_query,
     list_query,
-    owned,
+    named_volumes,
+    owned_volume,
+    parse_json,
+    parse_size,
     route,
     visible,
+    visible_images,
     visible_volumes,
     volume_query,
 )
@@ -57,15 +76,23 @@ _HOP_BY_HOP = {
 
 
 def policy(settings: Settings) -> Policy:
-    """The rule for this deployment, from the same variables the server reads."""
+    """The rule for this deployment, from the same variables the server reads: the
+    build limits the server asks for are the ceilings the proxy holds it to."""
     instances = [i.strip() for i in settings.proxy_instances.split(",") if i.strip()]
     return Policy(
         instances=frozenset(instances or [settings.instance]),
         image_prefix=settings.image_prefix,
         image_tag=settings.image_tag,
-        volumes=frozenset([settings.ccache_volume]),
         build_user=settings.build_user,
-        client_volume_prefix=client_volume_prefix(settings),
+        ceilings=Ceilings(
+            memory=parse_size(settings.build_memory),
+            pids=settings.build_pids,
+            nano_cpus=int(settings.build_cpus * 1e9),
+            tmpfs=parse_size(settings.build_tmpfs),
+            log_bytes=parse_size(settings.build_log_size),
+            log_files=2,
+        ),
+        client_volume_prefix=client_volume_prefix(settings) if settings.ccache_clients else "",
     )
 
 
@@ -75,11 +102,26 @@ def engine_socket(settings: Settings) -> str:
     return settings.docker_url.removeprefix("unix://")
 
 
-class SocketProxy:
-    """An ASGI app: one request in, at most two engine calls out (an ownership check)."""
+class BadRequest(Exception):
+    """The proxy answers 400: the request itself is malformed or came too slowly."""
 
-    def __init__(self, policy: Policy, socket_path: str) -> None:
+
+def _message(status: int) -> str:
+    """What the caller learns of an engine error: its status, never the engine's text."""
+    return {
+        400: "the Docker engine refused the request as invalid",
+        404: "the Docker engine found no such object",
+        409: "the Docker engine answered: conflict (in use, or already so)",
+        304: "not modified",
+    }.get(status, f"the Docker engine answered {status}")
+
+
+class SocketProxy:
+    """An ASGI app: one request in, the engine calls its check needs, then the call."""
+
+    def __init__(self, policy: Policy, socket_path: str, body_timeout: float = 30.0) -> None:
         self.policy = policy
+        self.body_timeout = body_timeout
         self.engine = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket_path),
             base_url="http://engine",
@@ -103,53 +145,114 @@ class SocketProxy:
     async def handle(self, request: Request) -> Response:
         method, path = request.method, request.scope["path"]
         try:
-            call = route(method, path)
-            query = list(request.query_params.multi_items())
-            if call.kind is Kind.CONTAINER:
-                refusal = await self._owner_check(call)
-                if refusal is not None:
-                    return refusal
-            if call.kind is Kind.LIST:
-                return await self._list(call, list_query(query))
-            if call.kind is Kind.VOLUMES:
-                return await self._volumes(call, volume_query(query, self.policy))
-            if call.kind is Kind.VOLUME:
-                check_volume(call, self.policy)
-                query = []  # no force: a volume in use stays
-            body = None
-            if call.kind is Kind.CREATE:
-                body = json.dumps(check_create(await _json(request), self.policy)).encode()
-            elif method == "PUT":  # a build's inputs, into its own container (owner-checked)
-                body = await _bounded(request, MAX_ARCHIVE_BODY, "archive")
-            return await self._forward(method, call.path, query, body)
+            return await self._handle(request)
         except Refused as exc:
             log.warning("refused %s %s: %s", method, path, exc.reason)
+            return _refusal(exc.reason)
+        except BadRequest as exc:
+            log.warning("bad request %s %s: %s", method, path, exc)
             return JSONResponse(
-                {"message": f"refused by kiisrv socket proxy: {exc.reason}"}, status_code=403
+                {"message": f"refused by kiisrv socket proxy: {exc}"}, status_code=400
             )
+        except ClientDisconnect:
+            return Response(status_code=400)
         except httpx.TransportError as exc:
             log.warning("engine unreachable for %s %s: %s", method, path, exc)
-            return JSONResponse({"message": f"the Docker engine is unreachable: {exc}"}, 502)
+            return JSONResponse({"message": "the Docker engine is unreachable"}, 502)
+        except Exception:
+            # A bug here must not become a 500 that says more than a refusal, nor a call.
+            log.exception("unexpected failure on %s %s: refused", method, path)
+            return JSONResponse(
+                {"message": "refused by kiisrv socket proxy: malformed request"}, 400
+            )
 
-    async def _owner_check(self, call: Call) -> Response | None:
-        """None when the container is kiisrv's; the engine's answer when it has none."""
-        r = await self.engine.get(f"/containers/{call.container}/json")
-        if r.status_code != 200:
-            return Response(r.content, r.status_code, media_type="application/json")
-        owned((r.json().get("Config") or {}).get("Labels"), self.policy)
-        return None
+    async def _handle(self, request: Request) -> Response:
+        method = request.method
+        call = route(method, request.scope["path"])
+        query = checked_query(call, list(request.query_params.multi_items()), self.policy)
+        if call.kind is Kind.IMAGES:
+            return await self._filtered(call.path, query, lambda a: visible_images(a, self.policy))
+        if call.kind is Kind.IMAGE:
+            check_image(call, self.policy)
+        if call.kind is Kind.LIST:
+            return await self._filtered(
+                call.path, list_query(query), lambda a: visible(a, self.policy)
+            )
+        if call.kind is Kind.VOLUMES:
+            return await self._filtered(
+                call.path,
+                volume_query(query, self.policy),
+                lambda a: visible_volumes(a, self.policy),
+            )
+        body: bytes | None = None
+        path = call.path
+        if call.kind is Kind.CONTAINER:
+            inspected = await self._own_container(call)
+            if method == "GET" and call.tail == "/json":
+                return JSONResponse(inspected)  # the answer the check read: nothing newer
+            path = call.at(inspected["Id"])
+            if method == "PUT":  # a build's inputs, into its own container
+                body = await self._body(request, MAX_ARCHIVE_BODY, "archive")
+        elif call.kind is Kind.CREATE:
+            config = check_create(
+                parse_json(await self._body(request, MAX_CREATE_BODY, "create"), "the body"),
+                self.policy,
+            )
+            for name in named_volumes(config):
+                await self._own_volume(name)
+            body = json.dumps(config).encode()
+        elif call.kind is Kind.VOLUME_CREATE:
+            raw = await self._body(request, MAX_CREATE_BODY, "volume create")
+            volume = check_volume_create(parse_json(raw, "the body"), self.policy)
+            body = json.dumps(volume).encode()
+        elif call.kind is Kind.VOLUME:
+            check_volume(call, self.policy)
+            await self._own_volume(call.container or "")
+            path = call.at(call.container or "")
+            query = []  # no force: a volume in use stays
+        return await self._forward(method, path, query, body)
 
-    async def _list(self, call: Call, query: Sequence[tuple[str, str]]) -> Response:
-        r = await self.engine.get(call.path, params=list(query))
-        if r.status_code != 200:
-            return Response(r.content, r.status_code, media_type="application/json")
-        return JSONResponse(visible(r.json(), self.policy))
+    async def _body(self, request: Request, limit: int, what: str) -> bytes:
+        """A request body, read up to a bound and within the body timeout: a client that
+        announces more than it sends is cut off, not waited for."""
+        data = bytearray()
 
-    async def _volumes(self, call: Call, query: Sequence[tuple[str, str]]) -> Response:
-        r = await self.engine.get(call.path, params=list(query))
+        async def read() -> None:
+            async for chunk in request.stream():
+                data.extend(chunk)
+                if len(data) > limit:
+                    raise Refused(f"{what} body too large")
+
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                await read()
+        except TimeoutError:
+            raise BadRequest(f"the {what} body did not arrive in {self.body_timeout:g} s") from None
+        return bytes(data)
+
+    async def _own_container(self, call: Call) -> dict[str, Any]:
+        """The engine's inspect answer for the container the call names, if it is exactly
+        one of this deployment's; Refused(NOT_OURS) otherwise, the same for every case."""
+        r = await self.engine.get(f"{call.version}/containers/{call.container}/json")
         if r.status_code != 200:
-            return Response(r.content, r.status_code, media_type="application/json")
-        return JSONResponse(visible_volumes(r.json(), self.policy))
+            raise Refused(NOT_OURS)
+        inspected = parse_json(r.content, "the engine's answer")
+        bound_container(call.container or "", inspected, self.policy)
+        return dict(inspected)
+
+    async def _own_volume(self, name: str) -> None:
+        """Refused unless the volume exists and is this deployment's (its labels, local,
+        no options): a mount of a missing name would make dockerd create it unlabelled."""
+        r = await self.engine.get(f"/volumes/{name}")
+        if r.status_code != 200:
+            owned_volume(name, None, self.policy)
+        owned_volume(name, parse_json(r.content, "the engine's answer"), self.policy)
+
+    async def _filtered(self, path: str, query: Sequence[tuple[str, str]], narrow: Any) -> Response:
+        r = await self.engine.get(path, params=list(query))
+        if r.status_code != 200:
+            return _engine_error(r.status_code)
+        return JSONResponse(narrow(parse_json(r.content, "the engine's answer")))
 
     async def _forward(
         self, method: str, path: str, query: Sequence[tuple[str, str]], body: bytes | None
@@ -163,6 +266,9 @@ class SocketProxy:
             ),
             stream=True,
         )
+        if upstream.status_code >= 400:
+            await upstream.aclose()
+            return _engine_error(upstream.status_code)
 
         async def relay() -> AsyncIterator[bytes]:
             # Closed also when the caller goes away mid-stream (a wait it gave up on).
@@ -179,23 +285,12 @@ class SocketProxy:
         )
 
 
-async def _bounded(request: Request, limit: int, what: str) -> bytes:
-    """A request body, read up to a bound."""
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise Refused(f"{what} body too large")
-    return bytes(data)
+def _refusal(reason: str) -> Response:
+    return JSONResponse({"message": f"refused by kiisrv socket proxy: {reason}"}, status_code=403)
 
 
-async def _json(request: Request) -> Any:
-    """The create body, read up to a bound: a build's is a few KB."""
-    data = await _bounded(request, MAX_CREATE_BODY, "create")
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise Refused("create body is not JSON") from None
+def _engine_error(status: int) -> Response:
+    return JSONResponse({"message": _message(status)}, status_code=status)
 
 
 def run(settings: Settings, host: str, port: int, keep_alive: int) -> None:
@@ -204,13 +299,14 @@ def run(settings: Settings, host: str, port: int, keep_alive: int) -> None:
 
     rule = policy(settings)
     log.info(
-        "socket proxy on %s:%d for instances %s (no bind mounts)",
+        "socket proxy on %s:%d for instances %s (no bind mounts; ceilings %s)",
         host,
         port,
         ", ".join(sorted(rule.instances)),
+        rule.ceilings,
     )
     uvicorn.run(
-        SocketProxy(rule, engine_socket(settings)),
+        SocketProxy(rule, engine_socket(settings), settings.proxy_body_timeout),
         host=host,
         port=port,
         log_level="info",

@@ -143,9 +143,6 @@ class PlanRecord(_Strict):
     layout_json: Annotated[str, StringConstraints(max_length=_MAX_FILE)]
     board: _FilePart
     variant: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\- ]{0,255}$")]
-    # Decided by the API server from the stock layouts (planner.seeds_cache); trusted
-    # because it is signed: a worker has no layouts folder to decide it again.
-    seeds_cache: bool = False
     # Whose ccache volume the build writes: a pseudonym, which ends a volume name.
     ccache_client: Annotated[str, StringConstraints(pattern=CLIENT_PATTERN)] | None = None
 
@@ -226,7 +223,6 @@ class Wire:
                 "layout_json": plan.layout_json.decode(),
                 "board": plan.board,
                 "variant": plan.variant,
-                "seeds_cache": plan.seeds_cache,
                 "ccache_client": plan.ccache_client,
             }
         )
@@ -306,7 +302,6 @@ def plan_from_record(record: PlanRecord, image: str) -> Plan:
         layout_json=record.layout_json.encode(),
         board=record.board,
         variant=record.variant,
-        seeds_cache=record.seeds_cache,
         ccache_client=record.ccache_client,
     )
 

@@ -57,7 +57,7 @@ def create(
 ) -> str:
     """Create a container shaped as Engine.start shapes a build, with ``change`` applied
     (host config keys, or image/user/labels); the name it was asked under."""
-    name = f"{TEST_PREFIX}attack-{secrets.token_hex(4)}"
+    name = f"{settings.instance}-attack-{secrets.token_hex(4)}"
     config = {
         "image": f"{TEST_IMAGE_PREFIX}controller-057:latest",
         "user": settings.build_user,
@@ -66,6 +66,7 @@ def create(
     host: dict[str, Any] = {
         "mounts": mounts or [],
         "mem_limit": "256m",
+        "memswap_limit": "256m",
         "pids_limit": 64,
         "network_mode": "none",
         "cap_drop": ["ALL"],
@@ -269,7 +270,9 @@ def test_container_list_shows_no_foreign_container(
         listed = {c["Names"][0].lstrip("/") for c in through.api.containers(all=True)}
         assert mine in listed and foreign.name not in listed
         assert all(
-            n.startswith(TEST_PREFIX + "attack-") for n in listed if n.startswith(TEST_PREFIX)
+            n.startswith(docker_settings.instance + "-")
+            for n in listed
+            if n.startswith(TEST_PREFIX)
         )
     finally:
         through.api.remove_container(mine, force=True)
@@ -293,13 +296,15 @@ def test_a_real_build_through_the_proxy(
 def test_only_client_ccache_volumes_can_be_listed_and_removed(
     through: DockerClient, docker_client: DockerClient, docker_settings: Settings
 ) -> None:
-    """Attack: list the host's volumes, remove the shared ccache (every stock object) or
-    a neighbour's volume. Refused: the list holds per-client ccache volumes only, and
-    only those can be removed, which the pruner needs (retention.prune_ccache_volumes)."""
+    """Attack: list the host's volumes, remove the old shared ccache or a neighbour's
+    volume. Refused: the list holds this deployment's client ccache volumes only (made
+    through the proxy, so labelled as ours), and only those can be removed, which the
+    pruner needs (retention.prune_ccache_volumes); no other can even be mounted."""
+    ours = {LABEL_MANAGED: "1", LABEL_INSTANCE: docker_settings.instance}
     client_volume = f"{docker_settings.ccache_volume}-c{secrets.token_hex(10)}"
     shared = docker_client.volumes.create(docker_settings.ccache_volume)
     neighbour = docker_client.volumes.create(f"{TEST_PREFIX}neighbour-{secrets.token_hex(3)}")
-    docker_client.volumes.create(client_volume)
+    through.api.create_volume(client_volume, driver="local", labels=ours)
     try:
         listed = {v["Name"] for v in through.api.volumes()["Volumes"] or []}
         assert client_volume in listed
@@ -311,14 +316,12 @@ def test_only_client_ccache_volumes_can_be_listed_and_removed(
         through.api.remove_volume(client_volume)
         left = {v.name for v in docker_client.volumes.list()}
         assert client_volume not in left and {shared.name, neighbour.name} <= left
-        with pytest.raises(docker.errors.APIError) as refused:
-            create(
-                through,
-                docker_settings,
-                mounts=[Mount("/mnt/x", neighbour.name, type="volume")],
-            )
-        assert_refused(refused.value)
+        for name in (neighbour.name, shared.name):
+            with pytest.raises(docker.errors.APIError) as refused:
+                create(through, docker_settings, mounts=[Mount("/mnt/x", name, type="volume")])
+            assert_refused(refused.value)
     finally:
         neighbour.remove(force=True)
+        shared.remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.volumes.get(client_volume).remove(force=True)
