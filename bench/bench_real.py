@@ -65,22 +65,35 @@ def fewer_kinds(doc: dict[str, Any], n: int) -> dict[str, Any]:
     return out
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @asynccontextmanager
 async def server(
-    image: str, layouts: Path, cpus: str, name: str, max_builds: int = 10, src: Path | None = None
+    image: str,
+    layouts: Path,
+    cpus: str,
+    name: str,
+    max_builds: int = 10,
+    src: Path | None = None,
+    proxy: bool = False,
+    log: Path | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """`kiisrv serve` on the images of ``image``'s prefix and tag, in a data folder of its
     own; its containers and ccache volumes are removed afterwards (also bench/random_layouts.py).
 
     ``src``: the ``src`` folder of another kiisrv checkout (``git worktree add``) to run
     instead of this one, for a before/after of server code and image together.
+    ``proxy``: the server reaches the engine through a `kiisrv socket-proxy` of the same
+    code, as `compose.prod.yaml` runs it. ``log``: where the server's output goes.
     """
     repo, _, tag = image.partition(":")
     prefix = repo.rsplit("controller-", 1)[0]
     data = Path(tempfile.mkdtemp(prefix=f"kiisrv-bench-{name}-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     env = {
         **os.environ,
         "KIISRV_HOST": "127.0.0.1",
@@ -98,12 +111,27 @@ async def server(
         "KIISRV_TRUSTED_PROXIES": "127.0.0.1",
         **({"PYTHONPATH": str(src)} if src else {}),
     }
+    out = log.open("ab") if log else subprocess.DEVNULL
+    helpers: list[subprocess.Popen[bytes]] = []
+    if proxy:
+        proxy_port = _free_port()
+        helpers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "kiisrv", "socket-proxy", "--port", str(proxy_port)],
+                env={**env, "DOCKER_HOST": "unix:///var/run/docker.sock"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        env["DOCKER_HOST"] = f"tcp://127.0.0.1:{proxy_port}"
+        time.sleep(2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kiisrv", "serve"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
+    helpers.append(proc)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=900) as http:
             for _ in range(100):
@@ -114,8 +142,9 @@ async def server(
                     await asyncio.sleep(0.1)
             yield http
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for p in reversed(helpers):
+            p.terminate()
+            p.wait(30)
         client = docker.DockerClient(version="auto")
         for c in client.containers.list(
             all=True, filters={"label": f"io.kiisrv.instance=kiisrvbench{name}"}
@@ -164,44 +193,65 @@ FAMILIES = {
 }
 
 
+def _server_phases(log: Path, since: int) -> str:
+    """The last build's server-side phases (runner.Phases) in a server log, from byte
+    ``since``: "inputs 2 ms, create+start 180 ms, ...", or "" (an older kiisrv)."""
+    text = log.read_bytes()[since:].decode("utf-8", "replace")
+    found = re.findall(r"build [0-9a-f]{12}: (inputs .*)", text)
+    return found[-1] if found else ""
+
+
 async def families(args: argparse.Namespace) -> None:
-    """Median per family, both images side by side (taking turns), same server code."""
+    """Per family, both servers side by side (taking turns), each with its own image and
+    code behind its own socket proxy: a returning client's one-key edits and a new
+    client's first edit, request to zip downloaded; and where the time went."""
     lines = [
-        "| family (layout) | before | after | after, a new client | how the after builds ran |",
-        "|---|---|---|---|---|",
+        "| family (layout) | before: returning | before: new client | after: returning "
+        "| after: new client | after: phases (server; container) |",
+        "|---|---|---|---|---|---|",
     ]
+    logs = {n: Path(tempfile.mkdtemp(prefix="kiisrv-bench-log-")) / f"{n}.log" for n in ("b", "a")}
     async with (
-        server(args.before, args.layouts, "0", "before", src=args.before_src) as before,
-        server(args.after, args.layouts, "0", "after") as after,
+        server(
+            args.before, args.layouts, "0", "before", src=args.before_src, proxy=True, log=logs["b"]
+        ) as before,
+        server(args.after, args.layouts, "0", "after", proxy=True, log=logs["a"]) as after,
     ):
+        servers = {"before": before, "after": after}
         for f, (family, name) in enumerate(FAMILIES.items()):
             doc = json.loads((args.layouts / f"{name}.json").read_bytes())
+            returning = f"198.51.{f}.250"
             # Warm-up: the stock layout (what `kiisrv canary` or any user downloading it
-            # builds), then the client's first edit, which fills the ccache it writes.
-            for http in (before, after):
+            # builds), then the returning client's first edit.
+            for http in servers.values():
                 await build(http, doc)
-                await build(http, variant(doc, 0))
-            times: dict[str, list[float]] = {"before": [], "after": [], "new": []}
+                await build(http, variant(doc, 0), returning)
+            times: dict[str, list[float]] = {}
             how: list[str] = []
             phases: list[str] = []
+            server_side = ""
             for i in range(1, args.runs + 1):
-                runs = [("before", before, None), ("after", after, None)]
-                # Someone else's first edit of this layout: on a shared writable ccache
-                # it hit this client's objects; on a per-client one it cannot.
-                runs.append(("new", after, f"198.51.{f}.{i}"))
-                for label, http, client in runs:
-                    took, log = await build(http, variant(doc, i + 100 * (label == "new")), client)
-                    times[label].append(took)
-                    if label == "after":
-                        how += re.findall(r"@@@@@ Build=(\w+)", log)
-                        phases = re.findall(r"@@@@@ (?:Prepared|Phases).*", log)
-            b, a, n = times["before"], times["after"], times["new"]
+                for label, http in servers.items():
+                    for who, client in (("returning", returning), ("new", f"198.51.{f}.{i}")):
+                        mark = logs["a"].stat().st_size if label == "after" else 0
+                        edit = variant(doc, i + 100 * (who == "new"))
+                        took, log = await build(http, edit, client)
+                        times.setdefault(f"{label} {who}", []).append(took)
+                        if label == "after" and who == "new":
+                            how += re.findall(r"@@@@@ Build=(\w+)", log)
+                            phases = re.findall(r"@@@@@ (?:Prepared|Phases).*", log)
+                            server_side = _server_phases(logs["a"], mark) or server_side
+
+            def cell(key: str, bold: bool = False, times: dict[str, list[float]] = times) -> str:
+                v = times[key]
+                m = f"{statistics.median(v):.2f} s"
+                return f"{'**' + m + '**' if bold else m} ({min(v):.2f}-{max(v):.2f})"
+
             line = (
-                f"| {family} ({name}) | {statistics.median(b):.2f} s "
-                f"({min(b):.2f}-{max(b):.2f}) | **{statistics.median(a):.2f} s** "
-                f"({min(a):.2f}-{max(a):.2f}) | {statistics.median(n):.2f} s "
-                f"({min(n):.2f}-{max(n):.2f}) | {', '.join(sorted(set(how)))}; "
-                f"{'; '.join(phases)} |"
+                f"| {family} ({name}) | {cell('before returning')} | {cell('before new')} "
+                f"| {cell('after returning', True)} | {cell('after new', True)} "
+                f"| {server_side}; {', '.join(sorted(set(how)))} "
+                f"{'; '.join(p.removeprefix('@@@@@ ') for p in phases)} |"
             )
             print(line, flush=True)
             lines.append(line)
@@ -211,9 +261,12 @@ async def families(args: argparse.Namespace) -> None:
             f"Command: `.venv/bin/python bench/bench_real.py --families --layouts {args.layouts} "
             f"--before {args.before} --after {args.after} --runs {args.runs} --out {args.out}"
             f"{f' --before-src {args.before_src}' if args.before_src else ''}`\n"
-            f"Machine: {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d')}. Medians of "
-            f"{args.runs} one-key changes (n={args.runs}, min-max in brackets), request to zip "
-            "downloaded, both servers taking turns, no CPU quota.\n\n"
+            f"Machine: {os.cpu_count()} cores; load average before the run "
+            f"{os.getloadavg()[0]:.1f}; date {time.strftime('%Y-%m-%d')}. Medians of "
+            f"{args.runs} one-key changes per column (min-max in brackets), request to zip "
+            "downloaded, both servers taking turns, each behind its own socket proxy, no "
+            "CPU quota. A returning client's edits come from one address (its second and "
+            "later edits); a new client's first edit from an address never seen.\n\n"
         )
         args.out.write_text(header + "\n".join(lines) + "\n")
 

@@ -41,6 +41,8 @@ def settings(tmp_path: Path) -> Settings:
         max_builds=2,
         engine_timeout=10,
         rate_limit=0,  # the tests send many builds from one address; test_rate_limit sets it
+        max_client_builds=64,  # ... at once, too; test_hostile_builds sets it
+        max_client_connections=1000,  # ... on many connections; test_hostile_http sets it
     )
 
 

@@ -194,6 +194,8 @@ def kiisrv_env(settings: Settings, **extra: str) -> dict[str, str]:
         "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
         "KIISRV_BUILD_MEMORY": settings.build_memory,
         "KIISRV_RATE_LIMIT": str(settings.rate_limit),
+        "KIISRV_MAX_CLIENT_BUILDS": str(settings.max_client_builds),
+        "KIISRV_MAX_CLIENT_CONNECTIONS": str(settings.max_client_connections),
         "KIISRV_QUEUE_KEY": QUEUE_KEY,  # used only with KIISRV_QUEUE_URL
         **extra,
     }
@@ -255,8 +257,25 @@ def build_test_image(client: Any, context: Path) -> str:
     shutil.copytree(
         REPO / "tests" / "controller-double", context / "tests" / "controller-double", symlinks=True
     )
-    (context / "src" / "kiisrv").mkdir(parents=True)
-    shutil.copy(REPO / "src" / "kiisrv" / "warmtree.py", context / "src" / "kiisrv")
+    # kiisrv itself (the image's recipe stage makes the stock layouts' warm inputs with
+    # it), from the project's fixture layouts and, when they are here, the reference
+    # ones (tests/docker/test_warm_tree.py builds those), not whatever the checkout's
+    # docker/server/layouts/ holds.
+    shutil.copytree(REPO / "src", context / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, context / name)
+    layouts = context / "docker" / "server" / "layouts"
+    for old in [*layouts.glob("*.json"), layouts / "ALIASES.txt"]:
+        old.unlink(missing_ok=True)
+    sources = [CONFORMANCE / "layouts", FIXTURE_LAYOUTS]
+    for folder in (f for f in sources if f.is_dir()):
+        for found in [*folder.glob("*.json"), folder / "ALIASES.txt"]:
+            if found.is_file():
+                if found.name == "ALIASES.txt" and (layouts / found.name).is_file():
+                    with (layouts / found.name).open("a") as aliases:
+                        aliases.write("\n" + found.read_text())
+                else:
+                    shutil.copy(found, layouts / found.name)
     if EXTRA_CA:
         shutil.copy(EXTRA_CA, context / "docker" / "extra-ca" / "extra.crt")
     tag = f"{TEST_IMAGE_PREFIX}{TEST_CONTAINERS[0]}:latest"
@@ -266,7 +285,8 @@ def build_test_image(client: Any, context: Path) -> str:
             path=str(context),
             dockerfile="docker/controller/Dockerfile",
             target="test-double",
-            buildargs={"TOOLCHAIN_PACKAGES": "", **labels},
+            # A tag of no known version: the recipe warms both KLL channels (latest, lts).
+            buildargs={"TOOLCHAIN_PACKAGES": "", "TAG": "v0.0.0-test", **labels},
             tag=tag,
             rm=True,
             forcerm=True,

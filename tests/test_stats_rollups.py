@@ -295,3 +295,42 @@ async def test_a_hung_postgres_stops_no_build_and_stats_answers_503_in_time(
                     break
                 await asyncio.sleep(0.5)
             assert text.startswith("Builds: 2 (2 unique)\n"), text
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_cache_hits_are_counted_per_day_not_listed(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A flood of cache hits (free, not rate-limited) wrote a row each, kept a year:
+    now one row per day, client and build holds their count. The figures count every
+    request as before; a prune takes the counted rows' requests out of them."""
+    url = request.getfixturevalue("stats_url") if backend == "postgres" else None
+    storage = Storage(tmp_path / "stats.db", tmp_path / "config.db", url)
+    try:
+        now = datetime.now(UTC)
+        day = now.date().isoformat()
+
+        def hit(ip: str, when: datetime = now) -> RequestRecord:
+            r = row(0, when, ip=ip)
+            return RequestRecord(**{**r.__dict__, "hit_day": when.date().isoformat()})
+
+        for _ in range(10):  # ten flushes of 500 hits each, and a build among them
+            storage.record_requests([hit("flooder")] * 500 + [row(1, now)])
+        storage.record_requests([hit("someone else"), hit("flooder", now - timedelta(days=2))])
+        counted = storage.query_requests(
+            "SELECT ip_addr, hit_day, n FROM Requests WHERE hit_day IS NOT NULL ORDER BY n"
+        )
+        yesterday2 = (now - timedelta(days=2)).date().isoformat()
+        assert sorted(counted) == sorted(
+            [("flooder", day, 5000), ("someone else", day, 1), ("flooder", yesterday2, 1)]
+        )
+        figures = stats.figures(storage, STOCK)
+        assert figures["builds"] == 5000 + 10 + 2
+        assert figures["users"] == 3  # flooder, someone else, user1 (the builds)
+        assert figures["unique"] == 2
+        assert storage.prune_requests(now - timedelta(days=1)) == 1
+        assert stats.figures(storage, STOCK)["builds"] == 5000 + 10 + 1
+        storage.prune_requests(now + timedelta(days=1))
+        assert stats.figures(storage, STOCK)["builds"] == 0
+    finally:
+        storage.close()

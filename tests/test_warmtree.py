@@ -9,7 +9,23 @@ from pathlib import Path
 import pytest
 
 from kiisrv import warmlist
-from kiisrv.warmtree import IGNORED_ENV, Record, differences, pick, trees_of
+from kiisrv.warmtree import (
+    IGNORED_ENV,
+    RECORD_NAME,
+    USAGE_NAME,
+    Record,
+    changed_macros,
+    defines,
+    differences,
+    pick,
+    preprocess_command,
+    prune,
+    read_usage,
+    stale_objects,
+    trees_of,
+    used_macros,
+    write_usage,
+)
 from tests.helpers import CONFORMANCE, NO_CONFORMANCE, REPO
 
 WRAPPER = REPO / "docker" / "controller" / "bin" / "cmake"
@@ -135,28 +151,156 @@ def test_trees_of_reads_each_trees_record(tmp_path: Path) -> None:
     assert found[tmp_path / "k2"].args == ("-DLayoutName=:aria",)
 
 
-@pytest.mark.skipif(not (CONFORMANCE / "layouts").is_dir(), reason=NO_CONFORMANCE)
-def test_the_committed_warm_list_is_what_the_stock_layouts_need() -> None:
-    """`kiisrv warm-list` regenerates docker/controller/warm.list; stale, it would leave
-    a stock layout without a warm tree of its own configure (slow, never wrong)."""
-    made = warmlist.render(warmlist.configurations(CONFORMANCE / "layouts"))
+def test_the_committed_warm_list_is_the_generic_trees() -> None:
+    """`kiisrv warm-list` regenerates docker/controller/warm.list (the trees of layouts
+    started from scratch); the stock layouts' trees come from `kiisrv warm-inputs`."""
+    made = warmlist.render(warmlist.configurations())
     committed = (REPO / "docker" / "controller" / "warm.list").read_text(encoding="utf-8")
-    assert committed == made, (
-        "run: kiisrv warm-list --layouts-dir <layouts> -o docker/controller/warm.list"
-    )
-
-
-def test_the_warm_list_has_every_variant_of_the_stock_layouts(tmp_path: Path) -> None:
-    lines = (REPO / "docker" / "controller" / "warm.list").read_text().splitlines()
-    configs = [line.split("\t") for line in lines if not line.startswith("#")]
+    assert committed == made, "run: kiisrv warm-list -o docker/controller/warm.list"
+    configs = [line.split("\t") for line in made.splitlines() if not line.startswith("#")]
     assert all(len(c) == 4 and all(c) for c in configs)  # no empty field for read(1)
-    whitefox = {c[1] for c in configs if c[0] == "whitefox.bash"}
-    assert {"truefox", "vanilla", "iso", "aria", "jackofalltrades", "winkeyless"} <= whitefox
-    assert {"hacker", "standard"} <= {c[1] for c in configs if c[0] == "infinity.bash"}
-    # GeminiDuskDawn's stock layer 1 has a function key: its tree names the function map.
-    assert [
-        "geminiduskdawn.bash",
-        "standard",
-        "stdFuncMap layer-0",
-        "stdFuncMap layer-1;layer-2",
-    ] in configs
+
+
+@pytest.mark.skipif(not (CONFORMANCE / "layouts").is_dir(), reason=NO_CONFORMANCE)
+@pytest.mark.parametrize("tag", ["v0.5.7", "v0.5.0"])
+def test_every_stock_layout_a_version_builds_gets_a_tree_of_its_own(
+    tmp_path: Path, tag: str
+) -> None:
+    """Each stock layout (variants included) as the image's versions build it: the
+    request the server makes of it, byte for byte (its .kll files, its parameters)."""
+    from kiisrv.canary import layout_files
+    from kiisrv.catalog import Available
+    from kiisrv.errors import KiisrvError
+    from kiisrv.layouts import LayoutStore
+    from kiisrv.planner import Planner
+
+    layouts = CONFORMANCE / "layouts"
+    versions = warmlist.versions_of(tag)
+    inputs = {(i.files, i.params) for i in warmlist.stock_inputs(layouts, versions)}
+    planner = Planner(LayoutStore(layouts))
+    planned = 0
+    for path in layout_files(layouts):
+        body = {"config": __import__("json").loads(path.read_bytes()), "env": "latest"}
+        for version in versions:
+            try:
+                plan = planner.plan(body, Available(version, "image", "sha256:x", None))
+            except KiisrvError:
+                continue
+            assert (tuple(plan.files), plan.params) in inputs, (path.name, version.name)
+            planned += 1
+    assert planned >= len(inputs) > 20
+    assert warmlist.write_inputs(warmlist.stock_inputs(layouts, versions), tmp_path) == len(inputs)
+    env = (tmp_path / "KType-Standard" / "env").read_text()
+    assert "Layout=standard\n" in env and "DefaultMapOverride=stdFuncMap KType-Standard-0" in env
+    assert (tmp_path / "KType-Standard" / "script").read_text() == "script=k-type.bash\n"
+
+
+# -- among trees of one key: the one most like the request -----------------------------
+
+
+def test_of_trees_configured_alike_the_most_similar_is_copied(tmp_path: Path) -> None:
+    """Several stock layouts configure alike (one key): a one-key change of one of them
+    starts from that layout's tree, not another's."""
+    trees = []
+    for label, keys in (("standard", ["A", "B", "C"]), ("hacker", ["X", "Y", "Z"])):
+        tree = tmp_path / "key" / label
+        tree.mkdir(parents=True)
+        (tree / "layer-0.kll").write_text("".join(f'U"{k}" : U"{k}";\n' for k in keys))
+        trees.append((tree, record()))
+    request = {"layer-0.kll": 'U"X" : U"X";\nU"Y" : U"B";\nU"Z" : U"Z";\n'}
+    assert pick(record(), trees, request).tree == tmp_path / "key" / "hacker"
+    request = {"layer-0.kll": 'U"A" : U"A";\nU"B" : U"Q";\nU"C" : U"C";\n'}
+    assert pick(record(), trees, request).tree == tmp_path / "key" / "standard"
+    assert pick(record(), trees).how == "warm"  # no layers given: any tree of the key
+
+
+def test_trees_are_found_by_key_and_label_and_in_the_older_layout(tmp_path: Path) -> None:
+    for path in (tmp_path / "k1" / "standard", tmp_path / "k1" / "generic", tmp_path / "k2"):
+        path.mkdir(parents=True)
+        (path / RECORD_NAME).write_bytes(b"cwd=/tmp/kiisrv-build/whitefox\0arg=-DX=1")
+    found = sorted(str(p.relative_to(tmp_path)) for p, _ in trees_of(tmp_path))
+    assert found == ["k1/generic", "k1/standard", "k2"]
+
+
+# -- what a changed kll_defs.h reaches ---------------------------------------------------
+
+
+def test_only_changed_definitions_count() -> None:
+    old = "#define ResultMacroNum_KLL 102\n#define LayerNum_KLL 2\n#define Same(x) (x)\n"
+    new = "#define ResultMacroNum_KLL 101\n#define LayerNum_KLL  2\n#define Same(x)  (x)\n"
+    assert changed_macros(old, new) == {"ResultMacroNum_KLL"}
+    assert changed_macros(old, old + "#define NewOne 1\n") == {"NewOne"}
+    assert changed_macros(old + "#define Gone 1\n", old) == {"Gone"}
+    # A function-like macro and an object-like one of the same text are not the same.
+    assert changed_macros("#define F(x) x\n", "#define F (x) x\n") == {"F"}
+    assert defines("#define Long a + \\\n b\n") == {"Long": " a + b"}
+
+
+def test_objects_that_used_a_changed_macro_are_stale_and_no_other() -> None:
+    usage = {
+        "macro.c.obj": ["ResultMacroNum_KLL", "LayerNum_KLL"],
+        "led.c.obj": ["LED_Brightness_KLL"],
+        "usb.c.obj": ["Undefined_But_Tested"],
+    }
+    assert stale_objects(usage, {"ResultMacroNum_KLL"}) == ["macro.c.obj"]
+    # A macro a source tested while it was undefined, now defined: its object is stale.
+    assert stale_objects(usage, {"Undefined_But_Tested"}) == ["usb.c.obj"]
+    assert stale_objects(usage, set()) == []
+
+
+def test_the_preprocessing_command_writes_nothing_and_bypasses_ccache() -> None:
+    obj, command = preprocess_command(
+        [
+            *("/usr/lib/ccache/arm-none-eabi-gcc", "-I/controller", "-ggdb3", "-o"),
+            *("CMakeFiles/k.dir/macro.c.obj", "-c", "/controller/macro.c", "-MD", "-MT"),
+            *("CMakeFiles/k.dir/macro.c.obj", "-MF", "CMakeFiles/k.dir/macro.c.obj.d"),
+        ]
+    )
+    assert obj == "CMakeFiles/k.dir/macro.c.obj"
+    assert command == [
+        *("arm-none-eabi-gcc", "-I/controller", "-ggdb3", "/controller/macro.c"),
+        *("-E", "-dU", "-o", "-"),
+    ]
+    assert used_macros(b"#define A 1\nint x;\n#undef B\n#define A 1\n") == ["A", "B"]
+
+
+def test_a_tree_prunes_what_its_record_says_and_nothing_without_one(tmp_path: Path) -> None:
+    """gcc -dU on a real source (the host's gcc: the same preprocessor as the image's
+    arm-none-eabi-gcc) records what each object used; a new kll_defs.h then removes
+    exactly the objects whose macros changed."""
+    (tmp_path / "kll_defs.h").write_text("#define Count_KLL 3\n#define Other_KLL 1\n")
+    (tmp_path / "a.c").write_text('#include "kll_defs.h"\nint a[Count_KLL];\n')
+    (tmp_path / "b.c").write_text('#include "kll_defs.h"\n#ifdef Later_KLL\nint b;\n#endif\n')
+    (tmp_path / "c.c").write_text('#include "kll_defs.h"\nint c;\n')
+    commands = [
+        {"directory": str(tmp_path), "command": f"gcc -I. -o {n}.obj -c {n}.c", "file": f"{n}.c"}
+        for n in "abc"
+    ]
+    (tmp_path / "compile_commands.json").write_text(__import__("json").dumps(commands))
+    assert write_usage(tmp_path) == 3
+    usage = read_usage(tmp_path)
+    assert usage is not None and "Count_KLL" in usage["a.obj"] and "Later_KLL" in usage["b.obj"]
+    assert "Count_KLL" not in usage["c.obj"]
+    for n in "abc":
+        (tmp_path / f"{n}.obj").write_bytes(b"object")
+    old, new = tmp_path / "old.h", tmp_path / "new.h"
+    old.write_text("#define Count_KLL 3\n#define Other_KLL 1\n")
+    new.write_text("#define Count_KLL 4\n#define Other_KLL 1\n#define Later_KLL 1\n")
+    assert prune(tmp_path, old, new) == ["a.obj", "b.obj"]
+    assert sorted(p.name for p in tmp_path.glob("*.obj")) == ["c.obj"]
+    (tmp_path / USAGE_NAME).unlink()
+    assert prune(tmp_path, old, new) is None
+
+
+def test_an_object_whose_preprocessing_failed_is_always_stale(tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text('#include "missing.h"\n')
+    commands = [
+        {"directory": str(tmp_path), "command": "gcc -o a.obj -c a.c", "file": "a.c"},
+        {"directory": str(tmp_path), "command": "stand-in", "file": "x"},  # no compile
+    ]
+    (tmp_path / "compile_commands.json").write_text(__import__("json").dumps(commands))
+    assert write_usage(tmp_path) == 1
+    usage = read_usage(tmp_path)
+    assert usage == {"a.obj": ["*"]}
+    assert stale_objects(usage, {"Anything"}) == ["a.obj"]
+    assert stale_objects(usage, set()) == []

@@ -8,12 +8,13 @@
 # DefaultMapOverride, PartialMapsExpandedOverride, Layout, SPLIT_KEYBOARD=1 for boards
 # built as two halves; KIISRV_WARM=0 builds from nothing. Exits with the build's status.
 #
-# Why a build takes a second or three: the image holds warm trees (warm.sh), each
-# keyboard configured and compiled at the fixed path used here, with the date pinned.
-# When the request's maps (renamed layer-<n>, env.sh) match a warm tree, the tree is
-# copied and ninja alone runs: it regenerates the KLL and recompiles what includes a
-# generated header that changed (bin/kll keeps unchanged ones' timestamps), and ccache
-# serves objects already compiled against the same headers by an earlier build.
+# Why a build takes a second or two: the image holds warm trees (warm.sh), each stock
+# layout (and generic ones) configured and compiled at the fixed path used here, with
+# the date pinned. When the request's maps (renamed layer-<n>, env.sh) match a warm
+# tree's configure, the tree most like the request is copied and ninja alone runs: it
+# regenerates the KLL and recompiles what a changed generated header reaches (bin/kll
+# keeps unchanged ones' timestamps, and of the objects including a changed kll_defs.h
+# only those that used a changed macro: warmtree.py prune).
 # Otherwise the keyboard script runs as usual (from the nearest warm tree when there is
 # one, so that only CMake's configure is added). Either way the firmware is the same.
 set -uo pipefail
@@ -100,8 +101,15 @@ build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixe
 			DefaultMapOverride="$CANON_DEFAULT" PartialMapsExpandedOverride="$CANON_PARTIAL" \
 			"./${script}" -c "$CONTROLLER_DIR" -o "$dir") < /dev/null > /dev/null 2>&1
 		if [ -s "$probe" ]; then
+			# The request's layers as the tree names them: of the trees configured alike,
+			# the one most like them is copied (warmtree.py).
+			mine="$(mktemp -d /tmp/kiisrv-layers.XXXXXX)"
+			for src in "${!CANON[@]}"; do
+				[[ "${CANON[$src]}" == layer-* ]] && cp -- "${KLL_DIR}/${src}.kll" "${mine}/${CANON[$src]}.kll"
+			done
 			IFS=$'\t' read -r how tree differs < <(python3 /usr/local/lib/kiisrv/warmtree.py \
-				pick "$probe" "${WARM_DIR}/${stem}" 2>/dev/null || echo cold)
+				pick "$probe" "${WARM_DIR}/${stem}" "$mine" 2>/dev/null || echo cold)
+			rm -rf "$mine"
 		fi
 		rm -f "$probe"
 		rm -rf "$dir"

@@ -8,6 +8,7 @@ where a request's statistics are taken (who asked, from what), since only HTTP k
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiisrv import __version__, canary, metrics, stats, status
@@ -32,12 +34,17 @@ from kiisrv.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from kiisrv.httpguard import HttpRules, read_body
 from kiisrv.layout import request_schema
 from kiisrv.ratelimit import client_address
 from kiisrv.settings import Settings
 from kiisrv.storage import RequestRecord, now
 
+log = logging.getLogger("kiisrv.http")
+
 STATIC_DIR = Path(__file__).parent / "static"
+# Request bodies past httpguard.SPOOL_BYTES, while they arrive (unnamed files).
+UPLOADS_DIR = "uploads"
 STATIC_FILES = {"chart.umd.min.js": "text/javascript", "status.js": "text/javascript"}
 _HASH_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -72,12 +79,21 @@ def request_record(request: Request, outcome: Outcome, received: Any, client: st
         success=outcome.success,
         request_time=received,
         build_duration=outcome.duration_ms,
+        # A cache hit costs nothing and is not rate-limited: it is counted per day,
+        # not written as a row of its own (34,000 of them were 4 MB of rows).
+        hit_day=received.date().isoformat() if outcome.cached else None,
     )
+
+
+def _no_constant(name: str) -> Any:
+    """JSON has no NaN or Infinity: Python reads them, a strict parser of the zip's
+    layout JSON would not."""
+    raise InvalidLayout(f"the body is not valid JSON: {name} is not a JSON number")
 
 
 def parse_body(raw: bytes) -> Any:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidLayout(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -85,6 +101,16 @@ def parse_body(raw: bytes) -> Any:
     if not isinstance(body, dict):
         raise InvalidLayout('the body must be a JSON object {"config": ..., "env": ...}')
     return body
+
+
+# Zips up to this size are answered from memory (one write), larger ones streamed.
+SMALL_FILE = 4 * 1024 * 1024
+
+
+def _small_file(path: Path) -> bytes | None:
+    with path.open("rb") as fh:
+        data = fh.read(SMALL_FILE + 1)
+    return data if len(data) <= SMALL_FILE else None
 
 
 def error_response(
@@ -171,6 +197,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="kiisrv", version=__version__, lifespan=lifespan)
     app.state.kiisrv = server
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HttpRules)
     app.add_middleware(CountRequests, measures=measures)
 
     @app.exception_handler(KiisrvError)
@@ -201,10 +228,16 @@ def create_app(settings: Settings) -> FastAPI:
         },
     }
 
-    async def build(request: Request) -> JSONResponse:
+    async def build(request: Request) -> Response:
         """Build firmware for a layout; blocks until the zip is ready."""
         received = now()
-        raw = await request.body()
+        try:
+            raw = await read_body(request, settings.data_dir / UPLOADS_DIR)
+        except ClientDisconnect:
+            # Nobody to answer: one line, not a traceback (100 aborted uploads wrote
+            # 390 KB of them), and nothing else was done.
+            log.info("a client went away before sending its whole request")
+            return Response(status_code=400)
         client = client_address(
             request.client.host if request.client else "",
             request.headers.getlist("x-forwarded-for"),
@@ -238,9 +271,16 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     @app.get("/tmp/{name}", response_class=FileResponse)
-    async def artifact(name: str) -> FileResponse:
+    async def artifact(name: str) -> Response:
         """A build's zip (or ``_error.zip``), as named in a build answer."""
-        return FileResponse(await server.artifact(name), media_type="application/zip")
+        path = await server.artifact(name)
+        data = await anyio.to_thread.run_sync(_small_file, path)
+        if data is None:
+            return FileResponse(path, media_type="application/zip")
+        # Headers and body in one go: an API server killed between the two (a file read
+        # on a thread apart) left clients with headers and no body, which no load
+        # balancer can send again.
+        return Response(data, media_type="application/zip")
 
     @app.get("/versions")
     async def versions() -> dict[str, Any]:
@@ -350,7 +390,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok", "engine": engine}
 
     # The reference server took a build POST on any path; other methods get a 404 there.
-    async def anything_else(request: Request) -> JSONResponse:
+    async def anything_else(request: Request) -> Response:
         if request.method == "POST":
             return await build(request)
         raise NotFound(f"no route {request.method} {request.url.path}")

@@ -43,15 +43,26 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from kiisrv.app import create_app
+    from kiisrv.httpguard import Limits, guarded_protocol
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.replace(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    limits = Limits(
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        body_min_rate=settings.body_min_rate,
+        max_connections=settings.max_connections,
+        max_client_connections=settings.max_client_connections,
+        trusted=settings.proxies,
+        ipv6_prefix=settings.rate_limit_ipv6_prefix,
+    )
     # X-Forwarded-For is read by kiisrv itself, from KIISRV_TRUSTED_PROXIES only.
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(limits),
         log_level="info",
         log_config=_log_config(),
         proxy_headers=False,
@@ -202,10 +213,20 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if s["failed"] or s.get("differing") else 0
 
 
+def _warm_inputs(args: argparse.Namespace, settings: Settings) -> int:
+    from kiisrv import warmlist
+
+    inputs = warmlist.stock_inputs(
+        args.layouts_dir or settings.layouts_dir, warmlist.versions_of(args.tag)
+    )
+    print(f"{warmlist.write_inputs(inputs, args.output)} stock layouts in {args.output}")
+    return 0
+
+
 def _warm_list(args: argparse.Namespace, settings: Settings) -> int:
     from kiisrv import warmlist
 
-    text = warmlist.render(warmlist.configurations(args.layouts_dir or settings.layouts_dir))
+    text = warmlist.render(warmlist.configurations())
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -285,13 +306,22 @@ def parser() -> argparse.ArgumentParser:
     can.set_defaults(func=_canary)
 
     wl = sub.add_parser(
-        "warm-list", help="the warm trees the controller images need (docker/controller/warm.list)"
-    )
-    wl.add_argument(
-        "--layouts-dir", type=Path, default=None, help="layouts (default: KIISRV_LAYOUTS_DIR)"
+        "warm-list",
+        help="the generic warm trees of the controller images (docker/controller/warm.list)",
     )
     wl.add_argument("-o", "--output", default=None, help="file to write (default: stdout)")
     wl.set_defaults(func=_warm_list)
+
+    wi = sub.add_parser(
+        "warm-inputs",
+        help="the stock layouts as builds see them, for the controller image's warm trees",
+    )
+    wi.add_argument(
+        "--layouts-dir", type=Path, default=None, help="layouts (default: KIISRV_LAYOUTS_DIR)"
+    )
+    wi.add_argument("--tag", default=None, help="the image's release tag: the versions it builds")
+    wi.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
+    wi.set_defaults(func=_warm_inputs)
 
     lay = sub.add_parser("layouts", help="manage the layouts folder")
     lay_sub = lay.add_subparsers(dest="layouts_command", required=True)

@@ -108,6 +108,8 @@ def build_container_spec(
             if not k.startswith("CCACHE_") or k == "CCACHE_DISABLE"
         },
         "HOME": "/tmp",  # writable whatever the uid and the root filesystem
+        # The KLL step's own limit (bin/kll-limit): a layout's cost is the layout's.
+        "KIISRV_KLL_TIMEOUT": str(settings.kll_timeout),
         "IN_DIR": IN_DIR,
         "OUT_DIR": OUT_DIR,
         **ccache_environment(settings, client=ccache_client),

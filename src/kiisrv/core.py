@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from kiisrv import ccache, privacy
+from kiisrv import ccache, fairness, privacy
 from kiisrv.artifacts import artifact_path, write_bytes
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
@@ -111,7 +111,11 @@ class Kiisrv:
             )
         else:
             self.queue = LocalQueue(
-                self.runner, self.storage, settings.max_builds, settings.max_queue
+                self.runner,
+                self.storage,
+                settings.max_builds,
+                settings.max_queue,
+                settings.max_client_builds,
             )
         self.stats = StatsRecorder(self.storage, settings.data_dir / "requests.journal")
         self.client_key = privacy.load_key_file(settings.client_key_path)
@@ -195,9 +199,12 @@ class Kiisrv:
             plan = self.planner.plan(body, target)
         if client and self.queue.current(plan.job.hash) is None:
             await self.limiter.take(client)
-        if client:  # its own ccache, which its next edits hit (ccache.py)
-            own = ccache.client_of(self.client_key, client, self.settings.rate_limit_ipv6_prefix)
-            plan = replace(plan, ccache_client=own)
+        if client:  # its own ccache, which its next edits hit (ccache.py), and its turns
+            prefix = self.settings.rate_limit_ipv6_prefix
+            own = ccache.client_of(self.client_key, client, prefix)
+            plan = replace(
+                plan, ccache_client=own, client=fairness.client_of(self.client_key, client, prefix)
+            )
         job = await self.queue.submit(plan)
         self._answer(job.hash)
         duration = int((time.monotonic() - started) * 1000)

@@ -33,6 +33,8 @@ _TRIGGER_CRASH = re.compile(r"in generate_trigger_lists\b[^\n]*\n(?:[^\n]*\n){0,
 _COMBINATION = re.compile(r"^[^:]*\+[^:]*:")
 _MAPPING = re.compile(r'^#?(?:U|CONS|SYS)"(?P<key>[^"]*)"\s*:\s*(?P<value>.*);\s*$')
 _FRAME = re.compile(r"^A\[(?P<name>[^\],]+)(?:,\s*(?P<frame>\d+))?\]\s*<=")
+# docker/controller/bin/kll-limit: the KLL step ran past KIISRV_KLL_TIMEOUT.
+_KLL_TIMEOUT = re.compile(r"kiisrv: the KLL step did not finish in (?P<seconds>\d+) s")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,20 @@ def _first_combination(custom: Mapping[int, str]) -> _Place | None:
     return None
 
 
+def too_slow(seconds: int, custom: Mapping[int, str]) -> str:
+    """A layout whose KLL step outlived the limit: its own cost, named where it can be
+    (custom KLL is what can make the compiler loop over thousands of scan codes)."""
+    layers = sorted(layer for layer, text in custom.items() if text.strip())
+    where = (
+        "its custom KLL ("
+        + ", ".join(f"Layer {layer}" for layer in layers)
+        + ") is the likely cause; try it without"
+        if layers
+        else "its layers are more than the KLL compiler can turn into firmware in time"
+    )
+    return f"this layout's KLL took longer than {seconds} s to compile and was stopped: {where}"
+
+
 def _value(place: _Place) -> str:
     """What the user wrote there: a mapping's right side, or the whole line."""
     mapping = _MAPPING.match(place.line) if place.custom_line is None else None
@@ -95,6 +111,9 @@ def _value(place: _Place) -> str:
 
 def explain(log: str, files: Sequence[KllFile], custom: Mapping[int, str]) -> str | None:
     """One sentence naming the layer and key behind a failed build; None if unknown."""
+    slow = _KLL_TIMEOUT.search(log)
+    if slow:
+        return too_slow(int(slow["seconds"]), custom)
     stage = _STAGE.search(log)
     at = (
         _place(files, custom, int(stage["layer"]), int(stage["line"]))

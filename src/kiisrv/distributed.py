@@ -61,6 +61,7 @@ from kiisrv.artifacts import write_bytes
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
 from kiisrv.errors import EngineError, KiisrvError, StorageError, Unavailable
+from kiisrv.fairness import RedisTurns
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.queue import InFlight, InFlightQueue
@@ -238,6 +239,11 @@ class RedisQueue(InFlightQueue):
         self.store = store
         self.wire = wire(settings)
         self._queues: dict[str, str] = {}  # hash -> the queue this server put it on
+        # A client's builds reach the workers' queue at most its share at a time, for
+        # the whole cluster (fairness.py): the workers take them in arrival order.
+        self.turns = RedisTurns(
+            redis, settings.max_client_builds, lease=max(30.0, 3 * settings.worker_lease)
+        )
 
     async def _waiting(self) -> int:
         """Builds waiting in the whole cluster, not only this server's: KIISRV_MAX_QUEUE
@@ -342,7 +348,8 @@ class RedisQueue(InFlightQueue):
     async def _run(self, plan: Plan, record: InFlight) -> None:
         job = plan.job
         try:
-            remote, data = await self._remote(plan)
+            async with self.turns.turn(plan.client, job.hash):
+                remote, data = await self._remote(plan)
             job.state, job.error = remote.state, remote.error
             job.started_at, job.finished_at = remote.started_at, remote.finished_at
             job.duration_ms, job.retry_later = remote.duration_ms, remote.retry_later

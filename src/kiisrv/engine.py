@@ -289,19 +289,32 @@ class Engine:
 
     # -- one build -------------------------------------------------------------------
 
-    async def start(self, spec: ContainerSpec, *, inputs: bytes, inputs_at: str) -> str:
+    async def start(
+        self,
+        spec: ContainerSpec,
+        *,
+        inputs: bytes,
+        inputs_at: str,
+        timings: dict[str, float] | None = None,
+    ) -> str:
         """Create, upload ``inputs`` (a tar) into ``inputs_at``, start; a container that
-        fails any step is removed with its volumes, not left behind.
+        fails any step is removed with its volumes, not left behind. ``timings`` gets
+        each step's seconds (create, archive in, start: the bench's phases).
 
         The inputs go in by the archive API, not a bind mount: no host path is named,
         so none can be swapped for a symlink (``containers.py``).
         """
+        took = timings if timings is not None else {}
 
         def run(c: DockerClient) -> str:
+            t = time.monotonic()
             cid = _create(c, spec)
+            took["create"], t = time.monotonic() - t, time.monotonic()
             try:
                 c.api.put_archive(cid, inputs_at, inputs)
+                took["archive in"], t = time.monotonic() - t, time.monotonic()
                 c.api.start(cid)
+                took["start"] = time.monotonic() - t
             except BaseException:
                 with contextlib.suppress(docker.errors.DockerException):
                     c.api.remove_container(cid, force=True, v=True)

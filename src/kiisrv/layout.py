@@ -43,9 +43,15 @@ def _printable(value: str) -> str:
     return value
 
 
+# Every character str.splitlines() ends a line at: the KLL compiler splits its input
+# the same way, so any of them inside a value written into a .kll would end that line
+# and start a statement of the client's choosing.
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
 def _one_line(value: str) -> str:
-    if any(c in value for c in "\n\r\x00"):
-        raise ValueError("must be a single line without NUL")
+    if "\x00" in value or not LINE_BREAKS.isdisjoint(value):
+        raise ValueError("must be a single line without NUL (no line or paragraph separator)")
     return value
 
 

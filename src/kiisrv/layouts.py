@@ -92,7 +92,13 @@ class LayoutStore:
                 return path.read_bytes()
             raise NotFound(f"revision {rev!r}: the layouts folder is not a git checkout")
         rel = path.relative_to(Path(top.decode().strip()).resolve())
-        content = _git(self.root, "show", f"{rev}:{rel.as_posix()}")
+        # Exactly one commit, by git's own reading: a range (HEAD~3..HEAD), a set
+        # (HEAD^@) or anything else that is not one revision is no revision at all
+        # (`git show` of a range answered nothing, which was served as an empty 200).
+        commit = _git(self.root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+        if commit is None or not re.fullmatch(rb"[0-9a-f]{40,64}\n?", commit):
+            raise NotFound(f"no revision {rev!r}")
+        content = _git(self.root, "show", f"{commit.decode().strip()}:{rel.as_posix()}")
         if content is None:
             raise NotFound(f"no layout {path.name!r} at revision {rev!r}")
         return content

@@ -45,6 +45,10 @@ class Plan:
     board: str
     variant: str
     base_file: BaseFile | None = None  # a memo of this plan is good while it is unchanged
+    # Whose turn this build takes (fairness.py): a pseudonym of the rate-limit identity
+    # of the client that asked first; None (no client: the canary, `kiisrv build`) waits
+    # for no turn. Not part of the hash.
+    client: str | None = None
     # The pseudonym of the client whose ccache volume this build writes (ccache.py);
     # None: none (a scratch ccache). Not part of the hash: the same layout from two
     # clients is one build, in the ccache of whoever asked first.

@@ -6,7 +6,8 @@ the core only submits plans and asks about hashes, so a distributed queue can re
 
 ``LocalQueue`` keeps one in-flight record per hash. Identical plans await the same
 future; the build runs in its own task so a client that hangs up does not cancel it.
-Distinct builds wait for one of ``max_builds`` slots in arrival order; past
+Distinct builds wait for one of ``max_builds`` slots, served round-robin by client
+(``fairness.FairSlots``: one client's flood waits behind others' builds); past
 ``max_queue`` waiting builds a new one is refused with 503. The job row is written
 *before* the record is registered: if that write fails, nothing is left behind that
 could make later identical requests wait forever or count against the queue.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kiisrv.errors import EngineConflict, EngineNotFound, KiisrvError, QueueFull, Unavailable
+from kiisrv.fairness import FairSlots
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.runner import Runner
@@ -146,10 +148,18 @@ class InFlightQueue:
 class LocalQueue(InFlightQueue):
     """Builds in this process, at most ``max_builds`` at once."""
 
-    def __init__(self, runner: Runner, storage: Storage, max_builds: int, max_queue: int):
+    def __init__(
+        self,
+        runner: Runner,
+        storage: Storage,
+        max_builds: int,
+        max_queue: int,
+        max_client_builds: int = 1,
+    ):
         super().__init__(storage, max_queue)
         self.runner = runner
-        self._slots = asyncio.Semaphore(max(1, max_builds))
+        # Round-robin by client, each at most its share at once (fairness.py).
+        self._slots = FairSlots(max_builds, max_client_builds)
 
     async def live_log(self, hash_: str) -> bytes | None:
         record = self._inflight.get(hash_)
@@ -168,7 +178,7 @@ class LocalQueue(InFlightQueue):
             def running_in(cid: str) -> None:
                 record.container = cid
 
-            output = await self.runner.execute(plan, self._slots, running_in)
+            output = await self.runner.execute(plan, self._slots.slot(plan.client), running_in)
         except asyncio.CancelledError:
             job.error = "the server shut down before this build finished"
             raise

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -48,8 +49,9 @@ T = TypeVar("T")
 
 _COLUMNS = (
     "ip_addr, os, web, hash, board, variant, layers, container, success, request_time,"
-    " build_duration"
+    " build_duration, n, hit_day"
 )
+_HIT_KEY = "hit_day, ip_addr, hash, os, web, container, success"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS Requests (
@@ -66,7 +68,9 @@ CREATE TABLE IF NOT EXISTS Requests (
     container      TEXT NOT NULL,
     success        INTEGER NOT NULL,
     request_time   {time} NOT NULL,
-    build_duration INTEGER
+    build_duration INTEGER,
+    n              BIGINT NOT NULL DEFAULT 1,
+    hit_day        TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_request_time ON Requests (request_time);
 CREATE TABLE IF NOT EXISTS RequestsJournal (
@@ -74,10 +78,35 @@ CREATE TABLE IF NOT EXISTS RequestsJournal (
     seq      BIGINT NOT NULL
 );
 """
+# Cache hits are counted, not listed (a flood of free requests wrote a row each, kept
+# for a year): one row per day, client, build and what else a row says, whose ``n``
+# grows. ``hit_day`` is set on those rows only; older rows (NULL) stay out of the index.
+_HITS_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS requests_hits ON Requests"
+    " (hit_day, ip_addr, hash, os, web, container, success) WHERE hit_day IS NOT NULL"
+)
 SQLITE_SCHEMA = _SCHEMA.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", time="INTEGER")
 # The reference's columns; request_time is TEXT because what SQLite has always held
 # there (its column says INTEGER) is ISO 8601 text, and retention compares it as such.
-POSTGRES_SCHEMA = _SCHEMA.format(id="BIGSERIAL PRIMARY KEY", time="TEXT")
+POSTGRES_SCHEMA = (
+    _SCHEMA.format(id="BIGSERIAL PRIMARY KEY", time="TEXT")
+    # A database of an older server: the columns of counted rows, then their index.
+    + "ALTER TABLE Requests ADD COLUMN IF NOT EXISTS n BIGINT NOT NULL DEFAULT 1;\n"
+    + "ALTER TABLE Requests ADD COLUMN IF NOT EXISTS hit_day TEXT;\n"
+    + _HITS_INDEX
+    + ";\n"
+)
+
+
+def sqlite_migrate(conn: sqlite3.Connection) -> None:
+    """A stats.db of an older server gets the columns of counted rows, then their index."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(Requests)")}
+    if "n" not in have:
+        conn.execute("ALTER TABLE Requests ADD COLUMN n BIGINT NOT NULL DEFAULT 1")
+    if "hit_day" not in have:
+        conn.execute("ALTER TABLE Requests ADD COLUMN hit_day TEXT")
+    conn.execute(_HITS_INDEX)
+
 
 # Two API servers starting at once would both create the table; the loser's CREATE
 # fails on the catalog's unique index. A transaction-wide advisory lock orders them.
@@ -86,6 +115,8 @@ _SCHEMA_LOCK = 0x6B69_6973_7276  # "kiisrv"
 # path's SQLite writes slip in between.
 WRITE_AT_MOST = 5000
 PRUNE_AT_MOST = 5000
+# The most a SQLite write-ahead log keeps on disk once checkpointed.
+WAL_BYTES = 512 * 1024
 # How a dead connection is noticed when nothing is sent (seconds): 10 + 3 * 5.
 _KEEPALIVES: dict[str, Any] = {
     "keepalives": 1,
@@ -133,14 +164,35 @@ def _row(r: RequestRecord) -> tuple[Any, ...]:
         int(r.success),
         r.request_time.isoformat(),
         r.build_duration,
+        r.n,
+        r.hit_day,
     )
 
 
 def _rollup_row(r: RequestRecord) -> tuple[Any, ...]:
     return (
         *(r.os, int(r.web), r.hash, r.board, r.variant, r.layers),
-        *(r.container, r.build_duration, r.ip_addr),
+        *(r.container, r.build_duration, r.ip_addr, r.n),
     )
+
+
+def counted(rows: Sequence[RequestRecord]) -> list[RequestRecord]:
+    """Rows of the same cache-hit key as one, their counts added (the first one's time)."""
+    merged: dict[tuple[Any, ...], RequestRecord] = {}
+    out: list[RequestRecord] = []
+    for r in rows:
+        if r.hit_day is None:
+            out.append(r)
+            continue
+        key = (r.hit_day, r.ip_addr, r.hash, r.os, r.web, r.container, r.success)
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = r
+            out.append(r)
+        else:
+            merged[key] = replace(seen, n=seen.n + r.n)
+            out[out.index(seen)] = merged[key]
+    return out
 
 
 def record(
@@ -174,10 +226,19 @@ def record(
                 )
             if not chunk:
                 return
-            db.many(
-                f"INSERT INTO Requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_row(r) for r in chunk],
-            )
+            chunk = counted(chunk)
+            marks = ", ".join("?" * len(_COLUMNS.split(",")))
+            builds = [_row(r) for r in chunk if r.hit_day is None]
+            hits = [_row(r) for r in chunk if r.hit_day is not None]
+            if builds:
+                db.many(f"INSERT INTO Requests ({_COLUMNS}) VALUES ({marks})", builds)
+            if hits:
+                db.many(
+                    f"INSERT INTO Requests ({_COLUMNS}) VALUES ({marks})"
+                    f" ON CONFLICT ({_HIT_KEY}) WHERE hit_day IS NOT NULL"
+                    " DO UPDATE SET n = Requests.n + excluded.n",
+                    hits,
+                )
             rollups.apply(db, rollups.delta(_rollup_row(r) for r in chunk))
 
         store.write(write)
@@ -262,6 +323,10 @@ def sqlite_connect(path: Path, script: str = "", *, reader: bool = False) -> sql
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    # The WAL is checkpointed past 128 pages and then cut back to 512 KB: at SQLite's
+    # defaults (1000 pages, never cut) a flood of requests left a few MB on disk.
+    conn.execute("PRAGMA wal_autocheckpoint=128")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")
     if reader:
         conn.execute("PRAGMA query_only=ON")
     if script:
@@ -280,6 +345,7 @@ class SqliteRequests:
             self._conn = sqlite_connect(path, reader=reader)
             if not reader:
                 self._conn.executescript(SQLITE_SCHEMA + rollups.REQUESTS_ROLLUP_SCHEMA)
+                sqlite_migrate(self._conn)
                 self.write(rollups.ensure)
 
     def _transaction(self, begin: str, fn: Callable[[rollups.Db], T]) -> T:

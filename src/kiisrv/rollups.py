@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS StatsUsers (ip_addr TEXT PRIMARY KEY, n BIGINT NOT NU
 """
 
 # The Requests columns a rollup needs, in this order (a row of ``delta``).
-ROW = "os, web, hash, board, variant, layers, container, build_duration, ip_addr"
+ROW = "os, web, hash, board, variant, layers, container, build_duration, ip_addr, n"
 
 
 class Db(Protocol):
@@ -73,17 +73,18 @@ class Delta:
 def delta(rows: Iterable[Sequence[Any]], sign: int = 1) -> Delta:
     """The difference rows (columns ``ROW``) make; ``sign`` -1 for rows deleted."""
     d = Delta()
-    for os_, web, hash_, board, variant, layers, container, duration, ip in rows:
-        d.counts["total", "builds"] += sign
-        d.counts["total", "layers"] += sign * int(layers)
-        d.counts["total", "duration"] += sign * int(duration or 0)
-        d.counts["os", os_] += sign
-        d.counts["platform", "Web" if int(web) == 1 else "Desktop"] += sign
-        d.counts["version", container] += sign
-        d.counts["board", board] += sign
-        d.keyboards[board, variant] += sign
-        d.hashes[hash_] += sign
-        d.users[ip] += sign
+    for os_, web, hash_, board, variant, layers, container, duration, ip, count in rows:
+        n = sign * int(count)  # a row of counted cache hits stands for n requests
+        d.counts["total", "builds"] += n
+        d.counts["total", "layers"] += n * int(layers)
+        d.counts["total", "duration"] += n * int(duration or 0)
+        d.counts["os", os_] += n
+        d.counts["platform", "Web" if int(web) == 1 else "Desktop"] += n
+        d.counts["version", container] += n
+        d.counts["board", board] += n
+        d.keyboards[board, variant] += n
+        d.hashes[hash_] += n
+        d.users[ip] += n
     return d
 
 
@@ -140,14 +141,13 @@ def ensure(db: Db) -> bool:
         return False
     for table in ("StatsCounts", "StatsKeyboards", "StatsHashes", "StatsUsers"):
         db.run(f"DELETE FROM {table}")
-    db.run("INSERT INTO StatsHashes (hash, n) SELECT hash, COUNT(*) FROM Requests GROUP BY hash")
+    db.run("INSERT INTO StatsHashes (hash, n) SELECT hash, SUM(n) FROM Requests GROUP BY hash")
     db.run(
-        "INSERT INTO StatsUsers (ip_addr, n) SELECT ip_addr, COUNT(*) FROM Requests"
-        " GROUP BY ip_addr"
+        "INSERT INTO StatsUsers (ip_addr, n) SELECT ip_addr, SUM(n) FROM Requests GROUP BY ip_addr"
     )
     db.run(
         "INSERT INTO StatsKeyboards (board, variant, n)"
-        " SELECT board, variant, COUNT(*) FROM Requests GROUP BY board, variant"
+        " SELECT board, variant, SUM(n) FROM Requests GROUP BY board, variant"
     )
     for dim, expr in (
         ("os", "os"),
@@ -156,14 +156,15 @@ def ensure(db: Db) -> bool:
         ("board", "board"),
     ):
         db.run(
-            f"INSERT INTO StatsCounts (dim, key, n) SELECT '{dim}', k, COUNT(*)"
-            f" FROM (SELECT {expr} AS k FROM Requests) AS r GROUP BY k"
+            f"INSERT INTO StatsCounts (dim, key, n) SELECT '{dim}', k, SUM(c)"
+            f" FROM (SELECT {expr} AS k, n AS c FROM Requests) AS r GROUP BY k"
         )
     db.run(
         "INSERT INTO StatsCounts (dim, key, n)"
-        " SELECT 'total', 'builds', COUNT(*) FROM Requests"
-        " UNION ALL SELECT 'total', 'layers', COALESCE(SUM(layers), 0) FROM Requests"
-        " UNION ALL SELECT 'total', 'duration', COALESCE(SUM(build_duration), 0) FROM Requests"
+        " SELECT 'total', 'builds', COALESCE(SUM(n), 0) FROM Requests"
+        " UNION ALL SELECT 'total', 'layers', COALESCE(SUM(layers * n), 0) FROM Requests"
+        " UNION ALL SELECT 'total', 'duration', COALESCE(SUM(build_duration * n), 0)"
+        " FROM Requests"
         " UNION ALL SELECT 'total', 'unique', COUNT(*) FROM StatsHashes"
         " UNION ALL SELECT 'total', 'users', COUNT(*) FROM StatsUsers"
         " UNION ALL SELECT 'meta', 'rollups', 1"

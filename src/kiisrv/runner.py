@@ -19,8 +19,10 @@ import json
 import logging
 import secrets
 import shutil
+import time
 import zipfile
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio.to_thread
@@ -69,17 +71,22 @@ class Runner:
             suffix=secrets.token_hex(3),
             ccache_client=plan.ccache_client,
         )
+        clock = Phases()
         if plan.ccache_client and self.settings.ccache_clients:
             # For the pruner: when this client's volume was last used.
             await anyio.to_thread.run_sync(ccache.record_use, self.settings, plan.ccache_client)
         inputs = await anyio.to_thread.run_sync(
             input_archive, job.hash, _inputs(plan), self.settings.build_user
         )
-        cid = await self.engine.start(spec, inputs=inputs, inputs_at=IO_DIR)
+        clock.mark("inputs")
+        steps: dict[str, float] = {}
+        cid = await self.engine.start(spec, inputs=inputs, inputs_at=IO_DIR, timings=steps)
+        clock.split(steps)
         on_container(cid)
         try:
             try:
                 status = await self.engine.wait(cid, self.settings.build_timeout)
+                clock.mark("run")
             except EngineTimeout:
                 await self.engine.kill(cid)
                 output = await self.engine.logs(cid)
@@ -92,7 +99,9 @@ class Runner:
                 )
                 return output
             output = await self.engine.logs(cid)
+            clock.mark("logs")
             refused = await self._collect(cid, plan)
+            clock.mark("output")
             if status != 0:
                 job.error = f"the build failed (exit status {status}); end of the log:\n" + (
                     log_tail(output)
@@ -108,6 +117,8 @@ class Runner:
         finally:
             # Removal must happen even when the build task is cancelled (shutdown).
             await asyncio.shield(self.engine.remove(cid))
+            clock.mark("remove")
+            log.info("build %s: %s", job.hash[:12], clock)
 
     async def _collect(self, cid: str, plan: Plan) -> str | None:
         """The build's output folder, out of the stopped container into the work folder
@@ -132,11 +143,15 @@ class Runner:
         return None
 
     async def execute(
-        self, plan: Plan, slots: asyncio.Semaphore, on_container: Callable[[str], None]
+        self,
+        plan: Plan,
+        slot: AbstractAsyncContextManager[object],
+        on_container: Callable[[str], None],
     ) -> bytes:
-        """Stage the inputs, wait for a slot, run: what every queue does to build."""
+        """Stage the inputs, wait for a slot (held while it runs), run: what every queue
+        does to build."""
         await self.stage(plan)
-        async with slots:
+        async with slot:
             job = plan.job
             job.state = JobState.RUNNING
             job.started_at = now()
@@ -277,6 +292,27 @@ def _inputs(plan: Plan) -> dict[str, bytes]:
         **{f.name: f.content.encode("utf-8") for f in plan.files},
         plan.layout_name: plan.layout_json,
     }
+
+
+class Phases:
+    """Where one build's time went on the server's side (bench/: the fixed cost)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._parts: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        t = time.monotonic()
+        self._parts.append((name, t - self._last))
+        self._last = t
+
+    def split(self, steps: dict[str, float]) -> None:
+        """The time since the last mark, as the ``steps`` measured within it."""
+        self._parts.extend(steps.items())
+        self._last = time.monotonic()
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in self._parts)
 
 
 def _error_members(plan: Plan, output: bytes) -> dict[str, bytes]:

@@ -7,8 +7,10 @@ rule lives beside the code that makes the calls, where unit tests reach it: no
 packaged proxy filters create bodies.
 
 What it checks is what it forwards: a per-container call goes to the full id its
-inspect answer gave (``enginepolicy.bound_container``), a create body as re-serialised
-after the check, a volume only after an inspect showed it is this deployment's. The
+inspect answer gave (``enginepolicy.bound_container``), or to the full id of a
+container this proxy itself created (remembered from the create's answer: no inspect
+needed, the create was checked), a create body as re-serialised after the check, a
+volume only after an inspect showed it is this deployment's. The
 engine's error answers reach the caller as their status and a fixed message: its text
 names other containers (a 409 names the user of a volume; "multiple IDs found" tells
 prefixes apart). Malformed input is a 400 or 403, never a 500; a body must arrive
@@ -23,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -63,6 +67,8 @@ from kiisrv.settings import Settings
 log = logging.getLogger("kiisrv.socketproxy")
 
 DEFAULT_PORT = 2375
+# Containers remembered as made through this proxy (a build's calls skip an inspect).
+MAX_REMEMBERED = 4096
 _HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -122,6 +128,8 @@ class SocketProxy:
     def __init__(self, policy: Policy, socket_path: str, body_timeout: float = 30.0) -> None:
         self.policy = policy
         self.body_timeout = body_timeout
+        # Full ids of the containers created through this proxy, oldest first.
+        self._created: OrderedDict[str, None] = OrderedDict()
         self.engine = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket_path),
             base_url="http://engine",
@@ -187,12 +195,18 @@ class SocketProxy:
         body: bytes | None = None
         path = call.path
         if call.kind is Kind.CONTAINER:
-            inspected = await self._own_container(call)
-            if method == "GET" and call.tail == "/json":
-                return JSONResponse(inspected)  # the answer the check read: nothing newer
-            path = call.at(inspected["Id"])
+            inspecting = method == "GET" and call.tail == "/json"
+            ident = call.container or ""
+            if inspecting or ident not in self._created:  # else: made, and checked, here
+                inspected = await self._own_container(call)
+                if inspecting:
+                    return JSONResponse(inspected)  # the answer the check read
+                ident = inspected["Id"]
+            path = call.at(ident)
             if method == "PUT":  # a build's inputs, into its own container
                 body = await self._body(request, MAX_ARCHIVE_BODY, "archive")
+            if method == "DELETE":
+                self._created.pop(ident, None)
         elif call.kind is Kind.CREATE:
             config = check_create(
                 parse_json(await self._body(request, MAX_CREATE_BODY, "create"), "the body"),
@@ -200,7 +214,7 @@ class SocketProxy:
             )
             for name in named_volumes(config):
                 await self._own_volume(name)
-            body = json.dumps(config).encode()
+            return await self._create(call.path, query, json.dumps(config).encode())
         elif call.kind is Kind.VOLUME_CREATE:
             raw = await self._body(request, MAX_CREATE_BODY, "volume create")
             volume = check_volume_create(parse_json(raw, "the body"), self.policy)
@@ -239,6 +253,23 @@ class SocketProxy:
         inspected = parse_json(r.content, "the engine's answer")
         bound_container(call.container or "", inspected, self.policy)
         return dict(inspected)
+
+    async def _create(self, path: str, query: Sequence[tuple[str, str]], body: bytes) -> Response:
+        """The checked create, forwarded; the id it made is remembered as this
+        deployment's, so calls on it by that full id need no inspect first (an id
+        never names another container; labels never change)."""
+        r = await self.engine.post(
+            path, params=list(query), content=body, headers={"Content-Type": "application/json"}
+        )
+        if r.status_code != 201:
+            return _engine_error(r.status_code)
+        answer = parse_json(r.content, "the engine's answer")
+        ident = answer.get("Id") if isinstance(answer, dict) else None
+        if isinstance(ident, str) and re.fullmatch(r"[0-9a-f]{64}", ident):
+            self._created[ident] = None
+            while len(self._created) > MAX_REMEMBERED:
+                self._created.popitem(last=False)
+        return JSONResponse(answer, status_code=201)
 
     async def _own_volume(self, name: str) -> None:
         """Refused unless the volume exists and is this deployment's (its labels, local,

@@ -45,6 +45,7 @@ from kiisrv.requests_store import (
     open_store,
     sqlite_connect,
     sqlite_errors,
+    sqlite_migrate,
 )
 from kiisrv.versions import Version
 
@@ -102,6 +103,10 @@ class RequestRecord:
     success: bool
     request_time: datetime
     build_duration: int | None
+    # A cache hit is counted, not listed: the UTC day it was answered on, and how many
+    # such requests the row stands for (requests_store.record adds rows of one key up).
+    hit_day: str | None = None
+    n: int = 1
 
 
 def now() -> datetime:
@@ -131,6 +136,7 @@ class Storage:
             # The build lane: Builds and Versions, under one lock.
             self._mutex = threading.Lock()
             self._stats = sqlite_connect(stats_db, _STATS_SCHEMA)
+            sqlite_migrate(self._stats)
             _migrate_builds(self._stats)
             self._config = sqlite_connect(config_db, _CONFIG_SCHEMA)
             # The pages' lane: stats.db read-only (Builds; Requests too without a URL).

@@ -22,6 +22,7 @@ from kiisrv import kll
 from kiisrv.errors import KiisrvError
 from kiisrv.layout import parse_layout
 from kiisrv.layouts import LayoutStore
+from kiisrv.versions import Version
 
 # The scripts the images warm for any layout; icpad.bash is not in every release.
 GENERIC_SCRIPTS = (
@@ -92,26 +93,84 @@ def _generic() -> Iterable[WarmConfig]:
                 yield WarmConfig(run, "", params.default_map, partial)
 
 
-def configurations(layouts_dir: Path) -> list[WarmConfig]:
-    """Every configuration a stock layout builds with, plus the generic ones, sorted."""
-    from kiisrv.canary import layout_files  # the layouts a user can pick
+def configurations() -> list[WarmConfig]:
+    """The generic configurations (1-3 layers of each script's default), sorted: the
+    stock layouts' own trees come from their inputs (``stock_inputs``)."""
+    return sorted(set(_generic()))
+
+
+# -- the stock layouts themselves, as requests --------------------------------------------
+
+
+@dataclass(frozen=True)
+class WarmInput:
+    """A stock layout exactly as a request for it builds: its ``.kll`` files and build
+    parameters. warm.sh configures *and compiles* a tree with them, so a one-key change
+    of that layout rebuilds only what its change reaches (warmtree.py)."""
+
+    label: str  # names the tree among those of one configure: the layout file's stem
+    files: tuple[kll.KllFile, ...]
+    params: kll.BuildParams
+
+    def environment(self) -> str:
+        return "".join(f"{k}={v}\n" for k, v in sorted(self.params.environment().items()))
+
+    def script(self) -> str:
+        return f"script={self.params.script}\n"
+
+
+def versions_of(tag: str | None) -> list[Version]:
+    """The versions one image (its release tag) builds; for a tag none of them has (the
+    test double's), the latest and lts channels."""
+    from kiisrv.versions import DEFAULT_VERSIONS
+
+    found = [v for v in DEFAULT_VERSIONS if tag and v.git_tag == tag]
+    return found or [v for v in DEFAULT_VERSIONS if v.name in ("latest", "lts")]
+
+
+def stock_inputs(layouts_dir: Path, versions: Iterable[Version]) -> list[WarmInput]:
+    """Every stock layout a user can pick, as each of ``versions`` builds it (what the
+    server would refuse for a version is left out); the same inputs once."""
+    from kiisrv import support
+    from kiisrv.canary import layout_files
 
     store = LayoutStore(layouts_dir)
-    found: set[WarmConfig] = set(_generic())
+    seen: set[tuple[tuple[kll.KllFile, ...], kll.BuildParams]] = set()
+    found = []
     for path in layout_files(layouts_dir):
         layout = parse_layout(json.loads(path.read_bytes()), path.name)
-        for lts in (False, True):
+        for version in versions:
+            lts = version.lts
             try:
+                support.check(layout, version)
                 base = store.load_base(kll.base_file_names(layout, lts))
-                files = kll.generate(layout, base, lts)
-                files = [kll.KllFile(kll.sanitise(f.name), f.content) for f in files]
-                params = kll.build_params(layout, files)
+                support.check_keys(layout, base, version)
+                generated = kll.generate(layout, base, lts)
+                files = tuple(kll.KllFile(kll.sanitise(f.name), f.content) for f in generated)
+                params = kll.build_params(layout, list(files))
             except KiisrvError:
-                continue  # not buildable: nothing to warm
-            default, partial = canonical(params, [f.stem for f in files])
-            for run in _scripts(params):
-                found.add(WarmConfig(run, params.layout, default, partial))
-    return sorted(found)
+                continue  # not buildable by this version: nothing to warm
+            if (files, params) in seen:
+                continue
+            seen.add((files, params))
+            label = path.stem.replace(".", "_") + ("-lts" if lts else "")
+            found.append(WarmInput(label, files, params))
+    return found
+
+
+def write_inputs(inputs: Iterable[WarmInput], out: Path) -> int:
+    """One folder per input: its ``.kll`` files and ``env`` (``NAME=value`` lines), as
+    warm.sh reads them; how many."""
+    n = 0
+    for item in inputs:
+        folder = out / item.label
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in item.files:
+            (folder / f.name).write_text(f.content, encoding="utf-8")
+        (folder / "env").write_text(item.environment(), encoding="utf-8")
+        (folder / "script").write_text(item.script(), encoding="utf-8")
+        n += 1
+    return n
 
 
 def render(configs: Iterable[WarmConfig]) -> str:
@@ -119,7 +178,8 @@ def render(configs: Iterable[WarmConfig]) -> str:
         "# Warm trees of the controller images (docker/controller/warm.sh), one a line:",
         "# script <TAB> Layout <TAB> DefaultMapOverride <TAB> PartialMapsExpandedOverride",
         "# (- for empty: the script's default Layout; the script's own stock partial maps)",
-        "# Made by `kiisrv warm-list <layouts folder>` (src/kiisrv/warmlist.py): do not edit.",
+        "# Generic trees only: the stock layouts' own come from `kiisrv warm-inputs`.",
+        "# Made by `kiisrv warm-list` (src/kiisrv/warmlist.py): do not edit.",
     ]
     lines += [c.line() for c in configs]
     return "\n".join(lines) + "\n"

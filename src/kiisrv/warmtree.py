@@ -19,14 +19,37 @@ running the keyboard script in probe mode (it stops at its cmake call).
   may differ;
 - else from nothing (``cold``).
 
+Among the trees of one key (several stock layouts configure alike), the one whose
+layer files share the most lines with the request's is copied: a one-key change of a
+stock layout starts from that very layout.
+
+**What a changed ``kll_defs.h`` reaches.** The sources are compiled with ``-ggdb3``, so
+every macro of the generated ``kll_defs.h`` is in every object's debug information, and
+ninja recompiles every object that includes it (32 of KType's 37) when any macro
+changes, which a one-key change does (one result fewer: ``ResultMacroNum_KLL``). Yet
+an object's *code* is a function of its preprocessed tokens, which depend only on the
+macros its preprocessing expanded or tested; the firmware (``.dfu.bin``, loadable
+sections only) never carries debug information. So at image build the macro names
+each object's preprocessing used are recorded (``usage``: ``gcc -E -dU``, which lists
+every macro expanded or tested, defined or not), and when the KLL step writes a
+``kll_defs.h`` with other definitions, only the objects that used a changed name are
+removed (``prune``) and the header keeps its old timestamp: ninja rebuilds those, and
+the firmware is byte for byte that of a build from nothing (``kiisrv canary --verify``).
+A tree without the record rebuilds every includer, as before.
+
 Stdlib only and runnable as a script: the controller images carry a copy of this file
 (``/usr/local/lib/kiisrv/warmtree.py``) and run it with their own python3.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import os
+import re
+import shlex
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +57,8 @@ from pathlib import Path
 from typing import Literal
 
 RECORD_NAME = ".kiisrv-configure"
+# A tree's record of the macro names each object's preprocessing used (``usage``).
+USAGE_NAME = ".kiisrv-macros.json.gz"
 
 # Environment variables left out of a configure's key, each with why it cannot change
 # what the configure writes. Everything else counts, so a new variable is safe by
@@ -56,6 +81,7 @@ IGNORED_ENV: Mapping[str, str] = {
     "CCACHE_REMOTE_ONLY": "whether ccache keeps objects only there",
     "CCACHE_MAXSIZE": "when ccache evicts objects",
     "KIISRV_WARM": "build.sh's switch for warm trees",
+    "KIISRV_KLL_TIMEOUT": "how long the KLL step may take (bin/kll-limit)",
     "KIISRV_WARMING": "set while the image builds its trees",
     "KIISRV_CONFIGURE_PROBE": "the probe's own output file",
     "IN_DIR": "where build.sh reads the request",
@@ -143,24 +169,55 @@ def _reconfigurable(request: Record, tree: Record) -> tuple[str, ...] | None:
     return tuple(sorted(k for k in mine if mine[k] != theirs[k]))
 
 
-def pick(request: Record, trees: Iterable[tuple[Path, Record]]) -> Choice:
-    """The tree to start from: the same configure, else the nearest, else none."""
+def shared_lines(request: Mapping[str, str], tree: Path) -> int:
+    """How many lines the request's layer files (canonical name -> text) have in common
+    with the tree's files of the same names: how little of the tree a build redoes."""
+    shared = 0
+    for name, text in request.items():
+        try:
+            theirs = (tree / name).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        mine: dict[str, int] = {}
+        for line in text.splitlines():
+            mine[line] = mine.get(line, 0) + 1
+        for line in theirs:
+            if mine.get(line, 0) > 0:
+                mine[line] -= 1
+                shared += 1
+    return shared
+
+
+def pick(
+    request: Record,
+    trees: Iterable[tuple[Path, Record]],
+    layers: Mapping[str, str] | None = None,
+) -> Choice:
+    """The tree to start from: the same configure (of those, the one sharing the most
+    lines with the request's ``layers``), else the nearest, else none."""
     key = request.key()
     best: Choice | None = None
+    same: list[Path] = []
     for path, record in sorted(trees, key=lambda t: str(t[0])):
         if record.key() == key:
-            return Choice("warm", path)
+            same.append(path)
+            continue
         differs = _reconfigurable(request, record)
         if differs is not None and (best is None or len(differs) < len(best.differs)):
             best = Choice("reconfigure", path, differs)
+    if same:
+        chosen = max(same, key=lambda p: shared_lines(layers or {}, p)) if layers else same[0]
+        return Choice("warm", chosen)
     return best or Choice("cold")
 
 
 def trees_of(folder: Path) -> list[tuple[Path, Record]]:
-    """The warm trees of one keyboard script, ``<folder>/<key>/``, with their records."""
+    """The warm trees of one keyboard script with their records: ``<folder>/<key>/<label>/``
+    (one per stock layout configured alike), or ``<folder>/<key>/`` (older images)."""
     found = []
     if folder.is_dir():
-        for tree in folder.iterdir():
+        candidates = [t for d in folder.iterdir() if d.is_dir() for t in (d, *_subfolders(d))]
+        for tree in candidates:
             record = tree / RECORD_NAME
             if record.is_file():
                 try:
@@ -168,6 +225,125 @@ def trees_of(folder: Path) -> list[tuple[Path, Record]]:
                 except ValueError:
                     continue
     return found
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+# -- what a changed kll_defs.h reaches -----------------------------------------------------
+
+_DEFINE = re.compile(r"^\s*#\s*define\s+(\w+)(.*)$")
+_USED = re.compile(rb"^#(?:define|undef)\s+(\w+)", re.MULTILINE)
+# Options of a compile that only say where its outputs go (dropped with their argument).
+_OUTPUT_OPTIONS = {"-o", "-MF", "-MT", "-MQ"}
+_OUTPUT_FLAGS = {"-c", "-MD", "-MMD"}
+
+
+def defines(text: str) -> dict[str, str]:
+    """A header's macros: name -> definition (parameters and body, spacing normalised;
+    continued lines joined)."""
+    found: dict[str, str] = {}
+    for line in text.replace("\\\n", " ").splitlines():
+        matched = _DEFINE.match(line)
+        if matched:  # F(x) is a function-like macro, F (x) an object-like one
+            kind = "(" if matched[2].startswith("(") else " "
+            found[matched[1]] = kind + " ".join(matched[2].split())
+    return found
+
+
+def changed_macros(old: str, new: str) -> set[str]:
+    """The names defined differently (or only) in one of two versions of a header."""
+    a, b = defines(old), defines(new)
+    return {name for name in a.keys() | b.keys() if a.get(name) != b.get(name)}
+
+
+# Recorded for an object whose preprocessing could not be run: any change reaches it.
+ANY = "*"
+
+
+def stale_objects(usage: Mapping[str, Iterable[str]], changed: set[str]) -> list[str]:
+    """The objects whose preprocessing used one of the ``changed`` macros."""
+    if not changed:
+        return []
+    return sorted(
+        obj for obj, names in usage.items() if ANY in (used := set(names)) or changed & used
+    )
+
+
+def preprocess_command(command: Sequence[str]) -> tuple[str, list[str]]:
+    """The object a compile command writes, and the command that preprocesses its
+    source instead, listing the macros used (``-E -dU``, to stdout; no ccache)."""
+    args = list(command)
+    obj = ""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if arg in _OUTPUT_OPTIONS:
+            skip = True
+            if arg == "-o" and i + 1 < len(args):
+                obj = args[i + 1]
+            continue
+        if arg in _OUTPUT_FLAGS:
+            continue
+        out.append(arg)
+    if not obj or not out:
+        raise ValueError(f"not a compile command: {shlex.join(args)[:200]}")
+    out[0] = os.path.basename(out[0])  # the compiler itself, not ccache's link to it
+    return obj, [*out, "-E", "-dU", "-o", "-"]
+
+
+def used_macros(preprocessed: bytes) -> list[str]:
+    """The names ``-dU`` output says were expanded or tested (defined or not)."""
+    return sorted({m.decode() for m in _USED.findall(preprocessed)})
+
+
+def write_usage(tree: Path) -> int:
+    """Records, for every compile of ``tree`` (compile_commands.json), the macro names its
+    preprocessing used; how many objects. Warm time only: it runs the compiler."""
+    names: dict[str, int] = {}
+    objects: dict[str, list[int]] = {}
+    for entry in json.loads((tree / "compile_commands.json").read_text()):
+        command = entry.get("arguments") or shlex.split(entry.get("command", ""))
+        try:
+            obj, preprocess = preprocess_command(command)
+        except ValueError:
+            continue  # not a compile (the test double's stand-in): nothing it writes is kept
+        done = subprocess.run(preprocess, cwd=entry["directory"], capture_output=True)
+        used = used_macros(done.stdout) if done.returncode == 0 else [ANY]
+        objects[obj] = [names.setdefault(n, len(names)) for n in used]
+    table = sorted(names, key=names.__getitem__)
+    doc = {"names": table, "objects": objects}
+    (tree / USAGE_NAME).write_bytes(gzip.compress(json.dumps(doc).encode(), mtime=0))
+    return len(objects)
+
+
+def read_usage(tree: Path) -> dict[str, list[str]] | None:
+    """Object -> macro names used, or None when the tree has no record."""
+    try:
+        doc = json.loads(gzip.decompress((tree / USAGE_NAME).read_bytes()))
+    except (OSError, ValueError, EOFError):
+        return None
+    table = doc["names"]
+    return {obj: [table[i] for i in idx] for obj, idx in doc["objects"].items()}
+
+
+def prune(tree: Path, old_defs: Path, new_defs: Path) -> list[str] | None:
+    """Removes the objects a new ``kll_defs.h`` reaches; the ones removed, or None when
+    the tree has no usage record (then nothing is removed: every includer rebuilds)."""
+    usage = read_usage(tree)
+    if usage is None:
+        return None
+    changed = changed_macros(
+        old_defs.read_text(errors="surrogateescape"), new_defs.read_text(errors="surrogateescape")
+    )
+    gone = stale_objects(usage, changed)
+    for obj in gone:
+        (tree / obj).unlink(missing_ok=True)
+    return gone
 
 
 def differences(a: Record, b: Record) -> list[str]:
@@ -188,8 +364,26 @@ def differences(a: Record, b: Record) -> list[str]:
     return out
 
 
+def _layers(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text(errors="replace") for p in sorted(folder.glob("layer-*.kll"))}
+
+
 def main(argv: Sequence[str]) -> int:
-    """``key <record>`` | ``pick <record> <script's warm folder>`` | ``diff <record> <record>``"""
+    """``key <record>`` | ``pick <record> <script's warm folder> [<request layers folder>]``
+    | ``diff <record> <record>`` | ``usage <tree>`` | ``prune <tree> <old defs> <new defs>``"""
+    if len(argv) == 2 and argv[0] == "usage":
+        print(f"{write_usage(Path(argv[1]))} objects")
+        return 0
+    if len(argv) == 4 and argv[0] == "prune":
+        gone = prune(Path(argv[1]), Path(argv[2]), Path(argv[3]))
+        if gone is None:
+            return 1
+        print(f"kll_defs.h changed: {len(gone)} object(s) to rebuild {' '.join(gone)}")
+        return 0
+    if len(argv) == 4 and argv[0] == "pick":
+        choice = pick(Record.read(Path(argv[1])), trees_of(Path(argv[2])), _layers(Path(argv[3])))
+        print(f"{choice.how}\t{choice.tree or ''}\t{','.join(choice.differs)}")
+        return 0
     if len(argv) == 3 and argv[0] == "diff":
         print("\n".join(differences(Record.read(Path(argv[1])), Record.read(Path(argv[2])))))
         return 0

@@ -113,18 +113,18 @@ class Cluster:
         return str(live.base)
 
     def rows(self) -> int:
-        """Requests rows of all API servers (``/stats`` writes the pending ones first)."""
+        """Requests counted by all API servers (``/stats`` writes the pending ones first)."""
         for base in self.bases:
             assert httpx.get(f"{base}/stats", timeout=30).status_code == 200
         if self.stats_url:
             with psycopg.connect(self.stats_url) as conn:
-                row = conn.execute("SELECT COUNT(*) FROM Requests").fetchone()
+                row = conn.execute("SELECT COALESCE(SUM(n), 0) FROM Requests").fetchone()
                 assert row is not None
                 return int(row[0])
         total = 0
         for s in self.server_settings:
             with sqlite3.connect(s.stats_db) as db:
-                total += db.execute("SELECT COUNT(*) FROM Requests").fetchone()[0]
+                total += db.execute("SELECT COALESCE(SUM(n), 0) FROM Requests").fetchone()[0]
         return total
 
     def stats_builds(self) -> list[int]:

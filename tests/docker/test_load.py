@@ -51,7 +51,7 @@ def test_load_keeps_every_request_and_no_5xx(
     with sqlite3.connect(docker_settings.stats_db) as db:
         assert db.execute("SELECT COUNT(*) FROM Builds").fetchone() == (1 + 20,)
     with sqlite3.connect(docker_settings.stats_db) as db:
-        rows = db.execute("SELECT COUNT(*) FROM Requests").fetchone()[0]
+        rows = db.execute("SELECT COALESCE(SUM(n), 0) FROM Requests").fetchone()[0]
         builds = db.execute("SELECT COUNT(*) FROM Builds").fetchone()[0]
     assert rows == len(answers) == 200 + 20 + 300 + 1500
     assert builds == 21

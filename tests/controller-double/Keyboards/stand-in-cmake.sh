@@ -43,7 +43,7 @@ echo "${opt[ScanModule]} (test double): configuring ${PWD} for maps ${maps[*]} w
 {
 	echo "# test double of the keyboard's ninja build"
 	echo "rule kll"
-	echo "  command = ${here}/stand-in-kll.sh --base ${scan} ${inputs[*]}"
+	echo "  command = /usr/local/lib/kiisrv/bin/kll-limit ${here}/stand-in-kll.sh --base ${scan} ${inputs[*]}"
 	echo "  description = Generating KLL Layout (test double)"
 	echo "rule firmware"
 	echo "  command = ${here}/stand-in-firmware.sh ${opt[ScanModule]}.bash ${opt[PRODUCT_ID]}"
