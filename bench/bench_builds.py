@@ -78,7 +78,6 @@ async def main(out: Path | None) -> None:
         "KIISRV_IMAGE_PREFIX": "kiisrv-testdouble-",
         "KIISRV_RATE_LIMIT": "0",  # one client sends every request
         "KIISRV_INSTANCE": INSTANCE,
-        "KIISRV_CCACHE_VOLUME": f"{INSTANCE}-ccache",
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "kiisrv", "serve"],

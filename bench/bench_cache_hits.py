@@ -92,7 +92,6 @@ def main() -> int:
         "KIISRV_IMAGE_PREFIX": IMAGE_PREFIX,
         "KIISRV_RATE_LIMIT": "0",  # one client sends every request
         "KIISRV_INSTANCE": "kiisrvbench-cache",
-        "KIISRV_CCACHE_VOLUME": "kiisrvbench-cache-ccache",
     }
     kiisrv = start(
         [sys.executable, "-m", "kiisrv", "serve"],
@@ -128,11 +127,6 @@ def main() -> int:
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
-        subprocess.run(
-            ["docker", "volume", "rm", "-f", env["KIISRV_CCACHE_VOLUME"]],
-            capture_output=True,
-            check=False,
-        )
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import os
 import platform
@@ -134,7 +133,6 @@ def main() -> None:
             instance=f"kiisrvbench{run}",
             image_prefix=TEST_IMAGE_PREFIX,
             max_builds=2,
-            ccache_volume=f"kiisrvbench{run}-ccache",
             build_memory="256m",
             rate_limit=0,  # every request comes from this one client
         )
@@ -164,11 +162,6 @@ def main() -> None:
         worker("w2", ENGINE2)
         time.sleep(1)
         two = asyncio.run(makespan(api, f"two{run}"))
-        for url in (base.docker_url, ENGINE2):  # the bench's ccache volume, on both engines
-            client = docker.DockerClient(base_url=url)
-            with contextlib.suppress(docker.errors.NotFound):
-                client.volumes.get(base.ccache_volume).remove(force=True)
-            client.close()
     med_e, med_d = statistics.median(emb), statistics.median(dist)
     print(f"one build, embedded:    median {med_e * 1000:.0f} ms (n={len(emb)})")
     print(f"one build, distributed: median {med_d * 1000:.0f} ms (n={len(dist)})")

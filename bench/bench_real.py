@@ -12,8 +12,8 @@ WARM_SCRIPTS=`` gives one, or an image of an older kiisrv) run with the old defa
 1-CPU quota; ``--after`` the image under test with the new default (no quota, CPU
 shares). Each figure is a layout never built before: every request changes one key of
 the layout, so no build is a cache hit. Changing a key to one the layout already uses
-keeps the generated kll_defs.h (counts of distinct results) as a build before had it,
-so ccache serves the objects that include it; n keys more sending the same key
+keeps the generated kll_defs.h (counts of distinct results) as the warm tree has it, so
+only the objects that include the keymap are compiled; n keys more sending the same key
 changes it, and every object that includes it is compiled (the worst case). Both
 servers run side by side in one run, taking turns, so the machine's drift hits both.
 """
@@ -56,7 +56,7 @@ def variant(doc: dict[str, Any], i: int) -> dict[str, Any]:
 
 def fewer_kinds(doc: dict[str, Any], n: int) -> dict[str, Any]:
     """The layout with n more of its keys all sending A: n kinds of result fewer, so a
-    kll_defs.h (counts of distinct results) that no earlier build had: ccache can't help."""
+    kll_defs.h (counts of distinct results) that no warm tree has: the worst case."""
     out = copy.deepcopy(doc)
     for j in range(n):
         key = out["matrix"][20 + j]
@@ -83,7 +83,7 @@ async def server(
     log: Path | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """`kiisrv serve` on the images of ``image``'s prefix and tag, in a data folder of its
-    own; its containers and ccache volumes are removed afterwards (also bench/random_layouts.py).
+    own; its containers (and an older kiisrv's ccache volumes) are removed afterwards.
 
     ``src``: the ``src`` folder of another kiisrv checkout (``git worktree add``) to run
     instead of this one, for a before/after of server code and image together.
@@ -104,7 +104,7 @@ async def server(
         "KIISRV_IMAGE_TAG": tag or "latest",
         "KIISRV_RATE_LIMIT": "0",  # one client sends every request
         "KIISRV_INSTANCE": f"kiisrvbench{name}",
-        "KIISRV_CCACHE_VOLUME": f"kiisrvbench{name}-ccache",
+        "KIISRV_CCACHE_VOLUME": f"kiisrvbench{name}-ccache",  # read by an older kiisrv only
         "KIISRV_BUILD_CPUS": cpus,
         "KIISRV_MAX_BUILDS": str(max_builds),
         # The bench's "new client" requests name their client in X-Forwarded-For.
@@ -287,7 +287,7 @@ async def main(args: argparse.Namespace) -> None:
         server(args.before, args.layouts, "1", "before") as before,
         server(args.after, args.layouts, "0", "after") as after,
     ):
-        # Warm-up: the first build of each server fills its ccache volume.
+        # Warm-up: the first build of each server (an older kiisrv fills its ccache).
         await build(before, variant(ktype, 0))
         await build(after, variant(ktype, 0))
         times: dict[str, list[float]] = {"before": [], "after": []}

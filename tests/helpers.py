@@ -191,7 +191,6 @@ def kiisrv_env(settings: Settings, **extra: str) -> dict[str, str]:
         "KIISRV_LAYOUTS_DIR": str(settings.layouts_dir),
         "KIISRV_IMAGE_PREFIX": settings.image_prefix,
         "KIISRV_INSTANCE": settings.instance,
-        "KIISRV_CCACHE_VOLUME": settings.ccache_volume,
         "KIISRV_BUILD_MEMORY": settings.build_memory,
         "KIISRV_RATE_LIMIT": str(settings.rate_limit),
         "KIISRV_MAX_CLIENT_BUILDS": str(settings.max_client_builds),
@@ -697,15 +696,3 @@ def postgres_paused(pg: PostgresServer) -> Iterator[None]:
         for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-
-
-def remove_client_ccaches(client: Any, settings: Settings) -> None:
-    """Removes the per-client ccache volumes (``ccache.client_volume``) a test's builds made
-    on one engine; the shared one is the caller's."""
-    import docker.errors
-
-    prefix = f"{settings.ccache_volume}-c"
-    for volume in client.volumes.list(filters={"name": prefix}):
-        if volume.name.startswith(prefix):
-            with contextlib.suppress(docker.errors.NotFound):
-                volume.remove(force=True)

@@ -52,7 +52,7 @@ def test_the_cold_plan_is_the_same_build_under_its_own_name(settings: Settings) 
     )
     assert cold.params.script == plan.params.script
     env = cold.params.environment()
-    assert env == {**plan.params.environment(), "KIISRV_WARM": "0", "CCACHE_DISABLE": "1"}
+    assert env == {**plan.params.environment(), "KIISRV_WARM": "0"}
     assert env["SPLIT_KEYBOARD"] == "1"
     spec = build_container_spec(
         settings,

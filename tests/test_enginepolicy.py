@@ -20,7 +20,6 @@ import pytest
 from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED, build_container_spec
 from kiisrv.engine import Engine
 from kiisrv.enginepolicy import (
-    NOT_OUR_VOLUME,
     NOT_OURS,
     Kind,
     Policy,
@@ -28,17 +27,12 @@ from kiisrv.enginepolicy import (
     bound_container,
     check_create,
     check_image,
-    check_volume,
-    check_volume_create,
     checked_query,
     list_query,
-    owned_volume,
     parse_json,
     route,
     visible,
     visible_images,
-    visible_volumes,
-    volume_query,
 )
 from kiisrv.settings import Settings
 from kiisrv.socketproxy import policy as policy_of
@@ -47,7 +41,6 @@ SETTINGS = Settings(
     data_dir=Path("/srv/data"),
     instance="kiisrv",
     image_prefix="kiisrv-",
-    ccache_volume="kiisrv-ccache",
 )
 POLICY = policy_of(SETTINGS.replace(proxy_instances="kiisrv, kiisrv-worker"))
 
@@ -264,7 +257,7 @@ def _bind(source: str, **extra: object) -> dict[str, object]:
         (_bind("var/lib/kiisrv/config/x"), "bind mount"),
         (_bind("/srv/data/config/x", BindOptions={"Propagation": "rshared"}), "BindOptions"),
         ({"Type": "volume", "Target": "/x", "VolumeOptions": {"Subpath": "x"}}, "VolumeOptions"),
-        ({"Type": "volume", "Source": "redis-data", "Target": "/x"}, "ccache"),
+        ({"Type": "volume", "Source": "redis-data", "Target": "/x"}, "named volume"),
         (
             {
                 "Type": "volume",
@@ -297,13 +290,14 @@ def test_an_anonymous_volume_passes(body: dict[str, Any]) -> None:
 
 
 def test_no_shared_volume_passes(body: dict[str, Any]) -> None:
-    """The ccache every build once shared, read-only or not: no build mounts it."""
+    """The ccache every build once shared, or any named volume, read-only or not: a
+    build mounts its own folder only."""
     for read_only in (True, False):
         changed = copy.deepcopy(body)
         changed["HostConfig"]["Mounts"].append(
             {"Type": "volume", "Source": "kiisrv-ccache", "Target": "/x", "ReadOnly": read_only}
         )
-        refused(changed, "client ccache")
+        refused(changed, "named volume")
 
 
 @pytest.mark.parametrize(
@@ -399,6 +393,9 @@ def test_routes_a_build_needs(method: str, path: str, kind: Kind) -> None:
     [
         ("GET", "/info"),
         ("GET", "/v1.41/volumes/kiisrv-ccache"),
+        ("GET", "/v1.41/volumes"),
+        ("POST", "/v1.41/volumes/create"),
+        ("DELETE", "/v1.41/volumes/kiisrv-ccache-c0123456789abcdef0123"),
         ("DELETE", "/v1.41/volumes/create"),
         ("DELETE", "/v1.41/volumes/prune"),
         ("GET", "/v1.41/containers/json\n"),  # "%0a": $ matched before a final newline
@@ -454,139 +451,10 @@ def test_the_list_answer_keeps_the_configured_instances() -> None:
     assert visible([mine, other, redis, {"Id": "d", "Labels": None}], POLICY) == [mine]
 
 
-# -- per-client ccache volumes -----------------------------------------------------------
-# Each client's builds write a ccache volume of their own (``<ccache volume>-c<pseudonym>``);
-# the pruner lists and removes them. Nothing else about volumes gets through.
-
-CLIENT_VOLUME = "kiisrv-ccache-c0123456789abcdef0123"
-
-
-def test_a_clients_ccache_volume_passes_in_a_create_body(body: dict[str, Any]) -> None:
-    body["HostConfig"]["Mounts"].append(
-        {"Type": "volume", "Source": CLIENT_VOLUME, "Target": "/mnt/ccache", "ReadOnly": False}
-    )
-    check_create(body, POLICY)
-
-
-@pytest.mark.parametrize(
-    ("source", "extra"),
-    [
-        ("kiisrv-ccache-c", {}),
-        ("kiisrv-ccache-cx", {}),
-        ("kiisrv-ccache-c0123456789abcdef0123x", {}),
-        ("other-ccache-c0123456789abcdef0123", {}),
-        (
-            CLIENT_VOLUME,
-            {"VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"device": "/"}}}},
-        ),
-        (CLIENT_VOLUME, {"VolumeOptions": {"Subpath": "../x"}}),
-    ],
-)
-def test_other_volumes_and_volume_options_are_refused(
-    body: dict[str, Any], source: str, extra: dict[str, Any]
-) -> None:
-    body["HostConfig"]["Mounts"].append(
-        {"Type": "volume", "Source": source, "Target": "/mnt/x", **extra}
-    )
-    refused(body, "ccache|VolumeOptions")
-
-
-def test_the_volume_routes_the_pruner_needs() -> None:
-    assert route("GET", "/v1.41/volumes").kind is Kind.VOLUMES
-    call = route("DELETE", f"/v1.41/volumes/{CLIENT_VOLUME}")
-    assert call.kind is Kind.VOLUME and call.container == CLIENT_VOLUME
-    check_volume(call, POLICY)
-
-
-@pytest.mark.parametrize(
-    "name", ["kiisrv-ccache", "redis-data", "kiisrv-ccache-c0123", "x" + CLIENT_VOLUME]
-)
-def test_only_client_volumes_may_be_removed(name: str) -> None:
-    """The shared ccache (every stock object) and every other volume stay."""
-    with pytest.raises(Refused, match=NOT_OUR_VOLUME):
-        check_volume(route("DELETE", f"/v1.41/volumes/{name}"), POLICY)
-
-
-OURS = {LABEL_MANAGED: "1", LABEL_INSTANCE: "kiisrv"}
-
-
-def _volume(name: str = CLIENT_VOLUME, **change: Any) -> dict[str, Any]:
-    """A volume as the engine's inspect (and list) answer shows it."""
-    return {
-        "Name": name,
-        "Driver": "local",
-        "Labels": OURS,
-        "Options": None,
-        "Scope": "local",
-        "CreatedAt": "2026-12-01T00:00:00Z",
-        **change,
-    }
-
-
-def test_the_volume_list_is_narrowed_to_client_volumes() -> None:
-    """The engine's name filter matches substrings: the answer is filtered again, to
-    this deployment's volumes (its labels), not any with a client ccache's name."""
-    query = volume_query(
-        [("filters", json.dumps({"name": ["redis"], "dangling": ["true"]}))], POLICY
-    )
-    assert json.loads(dict(query)["filters"]) == {"name": ["kiisrv-ccache-c"]}
-    answer = {
-        "Volumes": [
-            _volume(),
-            _volume("kiisrv-ccache"),
-            _volume("x-kiisrv-ccache-c0123456789abcdef0123"),
-            _volume("redis-data"),
-            _volume("kiisrv-ccache-cfedcba9876543210fedc", Labels=None),
-            _volume(
-                "kiisrv-ccache-cfedcba9876543210fedd",
-                Labels={LABEL_MANAGED: "1", LABEL_INSTANCE: "other"},
-            ),
-        ],
-        "Warnings": ["something about the host"],
-    }
-    assert visible_volumes(answer, POLICY) == {"Volumes": [_volume()], "Warnings": None}
-
-
-@pytest.mark.parametrize(
-    ("why", "change"),
-    [
-        ("no labels", {"Labels": None}),
-        ("another deployment", {"Labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "other"}}),
-        ("a bind of a host folder", {"Options": {"type": "none", "o": "bind", "device": "/"}}),
-        ("another driver", {"Driver": "nfs"}),
-        ("a cluster volume", {"Scope": "global"}),
-        ("another name than asked", {"Name": "kiisrv-ccache-cfedcba9876543210fedc"}),
-    ],
-)
-def test_a_volume_is_ours_by_what_the_engine_says_of_it(why: str, change: dict[str, Any]) -> None:
-    owned_volume(CLIENT_VOLUME, _volume(), POLICY)
-    with pytest.raises(Refused, match=NOT_OUR_VOLUME):
-        owned_volume(CLIENT_VOLUME, _volume(**change), POLICY)
-
-
-def test_a_volume_create_is_labelled_local_and_optionless() -> None:
-    assert check_volume_create({"Name": CLIENT_VOLUME, "Labels": OURS}, POLICY) == {
-        "Name": CLIENT_VOLUME,
-        "Driver": "local",
-        "Labels": OURS,
-    }
-    for bad in (
-        {"Name": CLIENT_VOLUME},
-        {"Name": CLIENT_VOLUME, "Labels": {**OURS, "x": "y"}},
-        {"Name": CLIENT_VOLUME, "Labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "other"}},
-        {"Name": CLIENT_VOLUME, "Labels": OURS, "Driver": "nfs"},
-        {"Name": CLIENT_VOLUME, "Labels": OURS, "DriverOpts": {"device": "/"}},
-        {"Name": "kiisrv-ccache", "Labels": OURS},
-        {"Name": None, "Labels": OURS},
-        [],
-    ):
-        with pytest.raises(Refused):
-            check_volume_create(bad, POLICY)
-
-
 # -- one container: bound to what was checked ----------------------------------------------
 
 ID = "f" * 64
+OURS = {LABEL_MANAGED: "1", LABEL_INSTANCE: "kiisrv"}
 
 
 def _inspected(**change: Any) -> dict[str, Any]:
@@ -641,7 +509,6 @@ def test_anything_but_exactly_one_of_ours_is_one_refusal(reference: str, inspect
         ("POST", "/v1.41/containers/create", [("name", "other-build-x")]),
         ("POST", "/v1.41/containers/create", []),
         ("POST", "/v1.41/containers/create", [("name", "kiisrv-x"), ("platform", "linux/arm64")]),
-        ("DELETE", "/v1.41/volumes/" + CLIENT_VOLUME, [("force", "1")]),
         ("GET", "/v1.41/images/json", [("filters", "{}"), ("digests", "1")]),
     ],
 )

@@ -51,27 +51,9 @@ ls -l "${KLL_DIR}" 2>&1 | tee -a "$LOG"
 say "------------------------"
 
 link_kll_cache
-# The ccaches (src/kiisrv/containers.py). A build whose inputs a client chose writes its
-# client's own ccache (or a scratch one in /tmp) and reads the shared one as ccache's
-# read-only secondary storage (CCACHE_REMOTE_STORAGE=file:...|read-only, mounted
-# read-only); a stock build writes the shared one. The primary must be writable: a volume
-# made by an older image (root-owned) would fail every build, so go without; likewise
-# when a read-only one (CCACHE_READONLY=1) cannot even be read.
-if [ -n "${CCACHE_DIR:-}" ]; then
-	mkdir -p "$CCACHE_DIR" 2>/dev/null
-	say " @@@@@ Ccache=${CCACHE_DIR}${CCACHE_REMOTE_STORAGE:+ + ${CCACHE_REMOTE_STORAGE}}"
-	if [ "${CCACHE_READONLY:-}" = 1 ]; then
-		if [ -r "$CCACHE_DIR" ] && [ -x "$CCACHE_DIR" ]; then
-			say " @@@@@ Ccache=read-only"
-		else
-			say "warning: ${CCACHE_DIR} is not readable by uid $(id -u); building without ccache"
-			export CCACHE_DISABLE=1
-		fi
-	elif ! touch "${CCACHE_DIR}/.kiisrv-write-test" 2>/dev/null; then
-		say "warning: ${CCACHE_DIR} is not writable by uid $(id -u); building without ccache"
-		export CCACHE_DISABLE=1
-	fi
-fi
+# No compile cache is kept from one build to the next (src/kiisrv/containers.py sets
+# CCACHE_DISABLE=1): the warm trees in the image are what makes a build fast.
+if [ -n "${CCACHE_DISABLE:-}" ]; then say " @@@@@ Ccache=disabled"; fi
 
 inputs=("${KLL_DIR}"/*.kll)
 [ "${#inputs[@]}" -gt 0 ] || { say "no input files in ${KLL_DIR}"; exit 66; }

@@ -24,9 +24,11 @@ export KIISRV_BUILD_DATE
 # deterministic.
 export PYTHONHASHSEED=0
 
-# Objects are compiled with -ggdb3, so every macro of the generated kll_defs.h is in
-# every object: ccache can only hit on identical headers, and running the preprocessor
-# on a miss (its default) would be wasted. Depend mode hashes the compiler's own -MD.
+# ccache serves the warm trees' compiles while the image is built (warm.sh; a request's
+# build runs with CCACHE_DISABLE=1). Objects are compiled with -ggdb3, so every macro of
+# the generated kll_defs.h is in every object: ccache can only hit on identical headers,
+# and running the preprocessor on a miss (its default) would be wasted. Depend mode
+# hashes the compiler's own -MD.
 export CCACHE_DEPEND=1
 
 # The KLL compiler through kiisrv's wrapper (bin/kll): cached probes, and unchanged

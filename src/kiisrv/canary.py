@@ -248,11 +248,11 @@ Verify = Callable[[dict[str, Any]], Awaitable[Reference]]
 
 
 class _FromNothing(kll.BuildParams):
-    """The plan's own parameters, but no warm tree and no ccache: both exist to be fast,
-    and the firmware must not depend on them (BUILD_CONTRACT.md)."""
+    """The plan's own parameters, but no warm tree: it exists to be fast, and the
+    firmware must not depend on it (BUILD_CONTRACT.md). No build uses ccache."""
 
     def environment(self) -> dict[str, str]:
-        return {**super().environment(), "KIISRV_WARM": "0", "CCACHE_DISABLE": "1"}
+        return {**super().environment(), "KIISRV_WARM": "0"}
 
 
 def from_nothing(plan: Plan) -> Plan:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kiisrv import ccache
 from kiisrv.enginepolicy import LABEL_INSTANCE, LABEL_MANAGED
 from kiisrv.settings import Settings
 
@@ -21,8 +20,6 @@ from kiisrv.settings import Settings
 IO_DIR = "/mnt/kiisrv"
 IN_DIR = f"{IO_DIR}/config"
 OUT_DIR = f"{IO_DIR}/builds"
-CCACHE_DIR = "/mnt/ccache"  # the image's folder (mode 1777): a new volume copies its mode
-SCRATCH_CCACHE_DIR = "/tmp/ccache"  # a build with no ccache of its own: thrown away
 WORK_SUBDIR = ".work"
 
 LABEL_HASH = "io.kiisrv.hash"
@@ -61,31 +58,12 @@ class ContainerSpec:
     log_max_files: int = 2
 
 
-def build_mounts(settings: Settings, *, ccache_client: str | None = None) -> list[MountSpec]:
-    """The build's own folder for its inputs and outputs (an anonymous volume, no host
-    path), and its client's ccache, when it has one.
-
-    There is no cache every build shares: an object a request could leave there would
-    be linked into other users' firmware, and a writable volume every build mounts is
-    what a compromised server would poison first. A client's volume is written by that
-    client's builds only (ccache.py).
-    """
-    mounts = [MountSpec(None, IO_DIR, read_only=False, type="volume")]
-    if ccache_client is not None and settings.ccache_clients > 0:
-        own = ccache.client_volume(settings, ccache_client)
-        mounts.append(MountSpec(own, CCACHE_DIR, read_only=False, type="volume"))
-    return mounts
-
-
-def ccache_environment(settings: Settings, *, client: str | None) -> dict[str, str]:
-    """ccache's settings for the mounts above (ccache 4.7, the images' version): the
-    client's volume, capped at ``KIISRV_CCACHE_CLIENT_SIZE`` (ccache evicts past it), or a
-    scratch folder in /tmp, thrown away with the build, when it has no client."""
-    own = client is not None and settings.ccache_clients > 0
-    return {
-        "CCACHE_DIR": CCACHE_DIR if own else SCRATCH_CCACHE_DIR,
-        "CCACHE_MAXSIZE": settings.ccache_client_size,
-    }
+def build_mounts() -> list[MountSpec]:
+    """The build's own folder for its inputs and outputs: an anonymous volume, no host
+    path, removed with the container. Nothing else: no cache is shared between
+    builds, nor kept for a client (the image's warm trees are what makes a build fast:
+    docs/controller-images.md), so nothing a build writes reaches another."""
+    return [MountSpec(None, IO_DIR, read_only=False, type="volume")]
 
 
 def build_container_spec(
@@ -97,29 +75,25 @@ def build_container_spec(
     zip_name: str,
     environment: dict[str, str],
     suffix: str,
-    ccache_client: str | None = None,
 ) -> ContainerSpec:
     env = {
-        # ccache's settings are the server's alone: none of the plan's gets through, but
-        # CCACHE_DISABLE, which only turns it off (the canary's build from nothing).
-        **{
-            k: v
-            for k, v in environment.items()
-            if not k.startswith("CCACHE_") or k == "CCACHE_DISABLE"
-        },
+        # ccache's settings are the server's alone: none of the plan's gets through.
+        **{k: v for k, v in environment.items() if not k.startswith("CCACHE_")},
         "HOME": "/tmp",  # writable whatever the uid and the root filesystem
         # The KLL step's own limit (bin/kll-limit): a layout's cost is the layout's.
         "KIISRV_KLL_TIMEOUT": str(settings.kll_timeout),
         "IN_DIR": IN_DIR,
         "OUT_DIR": OUT_DIR,
-        **ccache_environment(settings, client=ccache_client),
+        # The compilers are ccache's links (the image's PATH): with no cache kept from
+        # one build to the next, it only costs a hash a compile.
+        "CCACHE_DISABLE": "1",
     }
     return ContainerSpec(
         name=f"{settings.instance}-build-{job_hash[:16]}-{suffix}",
         image=image,
         command=[script, job_hash, zip_name],
         environment=env,
-        mounts=build_mounts(settings, ccache_client=ccache_client),
+        mounts=build_mounts(),
         labels={
             LABEL_MANAGED: "1",
             LABEL_INSTANCE: settings.instance,

@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from kiisrv import ccache, fairness, privacy
+from kiisrv import fairness, privacy
 from kiisrv.artifacts import artifact_path, write_bytes
 from kiisrv.catalog import Available, Catalog
 from kiisrv.engine import Engine
@@ -38,7 +38,7 @@ from kiisrv.planner import Plan, Planner
 from kiisrv.queue import BuildQueue, LocalQueue
 from kiisrv.ratelimit import make_limiter
 from kiisrv.results import ResultStore, hash_of
-from kiisrv.retention import PruneResult, prune, prune_ccache_volumes
+from kiisrv.retention import PruneResult, prune
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
 from kiisrv.stats import StatsRecorder
@@ -199,12 +199,9 @@ class Kiisrv:
             plan = self.planner.plan(body, target)
         if client and self.queue.current(plan.job.hash) is None:
             await self.limiter.take(client)
-        if client:  # its own ccache, which its next edits hit (ccache.py), and its turns
+        if client:  # whose turns it takes (fairness.py)
             prefix = self.settings.rate_limit_ipv6_prefix
-            own = ccache.client_of(self.client_key, client, prefix)
-            plan = replace(
-                plan, ccache_client=own, client=fairness.client_of(self.client_key, client, prefix)
-            )
+            plan = replace(plan, client=fairness.client_of(self.client_key, client, prefix))
         job = await self.queue.submit(plan)
         self._answer(job.hash)
         duration = int((time.monotonic() - started) * 1000)
@@ -342,8 +339,6 @@ class Kiisrv:
                 result = await anyio.to_thread.run_sync(self.prune)
                 if result.removed:
                     log.info("pruned %d builds, %d bytes", result.removed, result.freed_bytes)
-                if not self.settings.queue_url:  # with a queue, the workers' engines have them
-                    await prune_ccache_volumes(self.settings, self.engine)
                 if self.results is not None:  # the cluster's retention, run by every server
                     s = self.settings
                     gone = await self.results.prune(

@@ -66,7 +66,7 @@ from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.queue import InFlight, InFlightQueue
 from kiisrv.results import ResultStore, Stored, fresh
-from kiisrv.retention import prune, prune_ccache_forever
+from kiisrv.retention import prune
 from kiisrv.runner import Runner
 from kiisrv.settings import Settings
 from kiisrv.storage import Storage, now
@@ -471,14 +471,12 @@ class BuildWorker:
         await self.storage.run(self.storage.seed_versions, DEFAULT_VERSIONS)
         await self.runner.recover()  # this worker's orphan containers, left by a kill
         log.info("worker %s: engine %s, queue %s", self.id, self.settings.docker_url, "redis")
-        pruner = asyncio.create_task(prune_ccache_forever(self.settings, self.engine))
         folders = asyncio.create_task(self._prune_forever())
         try:
             while True:
                 await self._advertise()
                 await asyncio.sleep(self.settings.worker_lease / 3)
         finally:
-            pruner.cancel()
             folders.cancel()
             for task in self._queues.values():
                 task.cancel()

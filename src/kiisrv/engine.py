@@ -17,13 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TypeVar
 
 import docker
@@ -35,7 +33,7 @@ from docker.types import LogConfig, Mount
 
 from kiisrv.buildio import UnsafeOutput
 from kiisrv.containers import ContainerSpec
-from kiisrv.enginepolicy import LABEL_INSTANCE, LABEL_MANAGED, NOT_OURS
+from kiisrv.enginepolicy import LABEL_INSTANCE, NOT_OURS
 from kiisrv.errors import (
     EngineConflict,
     EngineError,
@@ -62,30 +60,9 @@ def _is_read_timeout(exc: BaseException) -> bool:
     return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
 
 
-def _epoch(created: object) -> float:
-    """The engine's ``CreatedAt`` (RFC 3339); now when it has none, so nothing unknown
-    looks old enough to remove."""
-    try:
-        seconds = re.sub(r"\.[0-9]+", "", str(created)).replace("Z", "+00:00")
-        return datetime.fromisoformat(seconds).timestamp()
-    except ValueError:
-        return time.time()
-
-
 def _create(c: DockerClient, spec: ContainerSpec) -> str:
     """The container of ``spec``, created (not started): every container kiisrv makes,
-    shaped as the socket proxy's create rule expects (``enginepolicy.check_create``).
-
-    Its named volumes are created first, labelled as this deployment's: the socket
-    proxy mounts no volume it cannot see is ours (dockerd would make a missing one,
-    unlabelled). Creating one that exists changes nothing."""
-    for mount in spec.mounts:
-        if mount.type == "volume" and mount.source:
-            c.api.create_volume(
-                mount.source,
-                driver="local",
-                labels={LABEL_MANAGED: "1", LABEL_INSTANCE: spec.labels[LABEL_INSTANCE]},
-            )
+    shaped as the socket proxy's create rule expects (``enginepolicy.check_create``)."""
     host_config = c.api.create_host_config(
         mounts=[
             Mount(m.target, m.source, type=m.type, read_only=m.read_only)  # type: ignore[arg-type]
@@ -232,32 +209,6 @@ class Engine:
                 )
             ],
         )
-
-    async def volumes(self, prefix: str) -> dict[str, float]:
-        """Volumes whose name starts with ``prefix`` (never all: the socket proxy lists
-        only per-client ccaches), with when each was created (epoch seconds)."""
-        if not prefix:
-            raise ValueError("a volume list needs a name prefix")
-
-        def fetch(c: DockerClient) -> dict[str, float]:
-            found: dict[str, float] = {}
-            for v in c.api.volumes(filters={"name": prefix}).get("Volumes") or []:
-                name = v.get("Name") or ""
-                if name.startswith(prefix):
-                    found[name] = _epoch(v.get("CreatedAt"))
-            return found
-
-        return await self._call("list volumes", fetch)
-
-    async def remove_volume(self, name: str, prefix: str) -> bool:
-        """Removes one volume of ``prefix``; False when it is in use or already gone."""
-        if not prefix or not name.startswith(prefix):
-            raise ValueError(f"volume {name!r} is not one of {prefix!r}")
-        try:
-            await self._call(f"remove volume {name}", lambda c: c.api.remove_volume(name))
-        except (EngineNotFound, EngineConflict):
-            return False
-        return True
 
     # -- an image's file ---------------------------------------------------------------
 

@@ -19,8 +19,8 @@ prefix). So a per-container call is forwarded to the full ``Id`` the ownership c
 read, never to the caller's string, and a reference that is not exactly one of this
 deployment's containers (its full id or its exact name) gets one uniform refusal,
 ``NOT_OURS``, whatever the engine said (missing, ambiguous prefix, someone else's):
-no oracle of what else runs on the host. Volumes likewise: inspected first, and only
-this deployment's (its labels, the local driver, no options) are mounted or removed.
+no oracle of what else runs on the host. No named volume passes at all: a build mounts
+its own anonymous folder, and nothing is shared between builds.
 
 The engine parses JSON case-insensitively and keeps the last of duplicate keys, so the
 proxy forwards the body *it* checked, re-serialised, with the empty keys left out:
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-# The labels that make a container or volume this deployment's (containers.py sets them).
+# The labels that make a container this deployment's (containers.py sets them).
 LABEL_MANAGED = "io.kiisrv.managed"
 LABEL_INSTANCE = "io.kiisrv.instance"
 
@@ -53,8 +53,6 @@ MIN_API_VERSION = (1, 24)
 # The one answer to a container reference that is not exactly one of ours, whatever the
 # engine knows of it. Engine.py reads it as "not found" (a build container gone).
 NOT_OURS = "no container of this deployment by that reference"
-# The one answer to a volume that is not this deployment's.
-NOT_OUR_VOLUME = "no volume of this deployment by that name"
 # The only tmpfs a build gets, and the options it may have.
 TMPFS_TARGET = "/tmp"
 _TMPFS_FLAGS = {"exec", "noexec", "nosuid", "nodev", "rw"}
@@ -75,16 +73,13 @@ class Kind(Enum):
     LIST = "list"  # the container list, narrowed to kiisrv's containers
     CREATE = "create"  # the body is checked
     CONTAINER = "container"  # a call on one container: bound to it if it is kiisrv's
-    VOLUMES = "volumes"  # the volume list, narrowed to this deployment's
-    VOLUME_CREATE = "volume-create"  # a volume of this deployment's, labelled so
-    VOLUME = "volume"  # removing one volume: this deployment's only
 
 
 @dataclass(frozen=True)
 class Call:
     kind: Kind
     path: str  # the path checked
-    container: str | None = None  # the reference given (a container or volume name)
+    container: str | None = None  # the reference given (a container's id or name)
     version: str = ""  # "/v1.41", or "" for an unversioned call
     tail: str = ""  # what follows the reference: "/start", "/archive", ""
     # The query parameters this call may carry, each with the shape of its value.
@@ -93,9 +88,8 @@ class Call:
     def at(self, ident: str) -> str:
         """This call's path on ``ident`` (the full id the check read), not the reference."""
         if self.container is None:
-            raise ValueError("not a call on one container or volume")
-        base = "/containers/" if self.kind is Kind.CONTAINER else "/volumes/"
-        return f"{self.version}{base}{ident}{self.tail}"
+            raise ValueError("not a call on one container")
+        return f"{self.version}/containers/{ident}{self.tail}"
 
 
 def parse_size(text: str) -> int:
@@ -129,8 +123,6 @@ class Policy:
     image_tag: str
     build_user: str
     ceilings: Ceilings = field(default_factory=Ceilings)
-    # Per-client ccaches (ccache.py): this prefix and a pseudonym. Empty: none.
-    client_volume_prefix: str = ""
 
     def __post_init__(self) -> None:
         if not self.instances:
@@ -224,14 +216,6 @@ _ROUTES: tuple[tuple[frozenset[str], re.Pattern[str], Kind, Mapping[str, str]], 
             Kind.CONTAINER,
             {"path": ".+"},
         ),
-        (("GET",), r"/volumes", Kind.VOLUMES, {"filters": ".*"}),
-        (("POST",), r"/volumes/create", Kind.VOLUME_CREATE, {}),
-        (
-            ("DELETE",),
-            rf"/volumes/{_CONTAINER}(?P<tail>)",
-            Kind.VOLUME,
-            {"force": r"0|false|False"},
-        ),
     )
 )
 
@@ -256,8 +240,6 @@ def route(method: str, path: str) -> Call:
             groups = matched.groupdict()
             if kind is Kind.CONTAINER and groups["id"] in ("json", "create"):
                 break  # /containers/json/json is not a container called "json"
-            if kind is Kind.VOLUME and groups["id"] in ("create", "prune"):
-                break
             return Call(kind, path, groups.get("id"), version, groups.get("tail") or "", query)
     raise Refused(f"{method} {rest!r} is not an Engine API call kiisrv makes")
 
@@ -266,7 +248,7 @@ def checked_query(
     call: Call, query: Sequence[tuple[str, str]], policy: Policy
 ) -> list[tuple[str, str]]:
     """The query to forward: only the parameters this call may carry, with values of
-    their shape (a ``link=1``, ``force`` on a volume, ``platform`` on a create: refused)."""
+    their shape (a ``link=1``, ``detachKeys``, ``platform`` on a create: refused)."""
     kept: list[tuple[str, str]] = []
     for name, value in query:
         shape = call.params.get(name)
@@ -296,8 +278,7 @@ def _check_name(name: str, policy: Policy) -> None:
 
 
 def owned(labels: object, policy: Policy) -> None:
-    """Refused unless the labels are those of a container (or volume) of a configured
-    instance."""
+    """Refused unless the labels are those of a container of a configured instance."""
     if not isinstance(labels, Mapping):
         raise Refused(NOT_OURS)
     if labels.get(LABEL_MANAGED) != "1" or labels.get(LABEL_INSTANCE) not in policy.instances:
@@ -607,98 +588,11 @@ def _check_mount(raw: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
         raise Refused(f"a bind mount ({source!r}): build containers mount no host folder")
     if mount.get("Type") != "volume":
         raise Refused(f"mount type {mount.get('Type')!r} is not allowed")
-    if source is None:
-        return mount  # anonymous: the build's own folder, removed with the container
-    if not isinstance(source, str) or not _client_volume(source, policy):
-        raise Refused(f"volume {source!r} is not a client ccache")
-    return mount
-
-
-def named_volumes(config: Mapping[str, Any]) -> list[str]:
-    """The named volumes a checked create body mounts: each must be inspected (and be
-    this deployment's) before the create is forwarded, or dockerd would make it."""
-    host = config.get("HostConfig") or {}
-    return [m["Source"] for m in host.get("Mounts") or [] if m.get("Source")]
-
-
-# -- volumes ---------------------------------------------------------------------------------
-# Per-client ccaches (ccache.py): created through the proxy with this deployment's labels
-# (check_volume_create), mounted and removed only once an inspect shows they are still
-# so (owned_volume). No other volume can be listed, mounted or removed.
-
-
-def _client_volume(name: str, policy: Policy) -> bool:
-    prefix = policy.client_volume_prefix
-    return (
-        bool(prefix)
-        and name.startswith(prefix)
-        and bool(re.fullmatch(r"[0-9a-f]{20}", name[len(prefix) :]))
-    )
-
-
-def check_volume_create(body: object, policy: Policy) -> dict[str, Any]:
-    """The volume create body to forward: a client ccache's name, the local driver with
-    no options, and this deployment's labels."""
-    raw = _only("volume ", _object("the body", body), {"Name", "Driver", "Labels"})
-    name = raw.get("Name")
-    if not isinstance(name, str) or not _client_volume(name, policy):
-        raise Refused(f"volume {name!r} is not a client ccache")
-    if raw.get("Driver", "local") != "local":
-        raise Refused("a volume's driver must be local")
-    labels = _object("Labels", raw.get("Labels"))
-    try:
-        owned(labels, policy)
-    except Refused:
-        raise Refused("a volume of this deployment carries its labels") from None
-    if set(labels) != {LABEL_MANAGED, LABEL_INSTANCE}:
-        raise Refused("a volume carries kiisrv's labels only")
-    return {"Name": name, "Driver": "local", "Labels": dict(labels)}
-
-
-def owned_volume(name: str, inspected: object, policy: Policy) -> None:
-    """Refused unless the engine's inspect answer shows the volume ``name`` as this
-    deployment's: its labels, the local driver and no options (a local volume with
-    options is a bind of a host folder), and a client ccache's name."""
-    if (
-        not isinstance(inspected, Mapping)
-        or inspected.get("Name") != name
-        or not _client_volume(name, policy)
-        or inspected.get("Driver") != "local"
-        or not _empty(inspected.get("Options"))
-        or inspected.get("Scope", "local") != "local"
-    ):
-        raise Refused(NOT_OUR_VOLUME)
-    try:
-        owned(inspected.get("Labels"), policy)
-    except Refused:
-        raise Refused(NOT_OUR_VOLUME) from None
-
-
-def check_volume(call: Call, policy: Policy) -> None:
-    """Refused unless the volume of a DELETE is named as a per-client ccache."""
-    if call.container is None or not _client_volume(call.container, policy):
-        raise Refused(NOT_OUR_VOLUME)
-
-
-def volume_query(query: Sequence[tuple[str, str]], policy: Policy) -> list[tuple[str, str]]:
-    """The volume list's query: the engine asked for client ccaches only, nothing else."""
-    if not policy.client_volume_prefix:
-        raise Refused("no client ccaches in this deployment")
-    return [("filters", json.dumps({"name": [policy.client_volume_prefix]}))]
-
-
-def visible_volumes(answer: object, policy: Policy) -> dict[str, Any]:
-    """The entries of a volume list the caller may see: this deployment's client
-    ccaches (the engine's name filter matches anywhere in the name)."""
-    volumes = answer.get("Volumes") if isinstance(answer, Mapping) else None
-    seen = []
-    for v in volumes if isinstance(volumes, list) else []:
-        try:
-            owned_volume(str(v.get("Name", "")) if isinstance(v, Mapping) else "", v, policy)
-        except Refused:
-            continue
-        seen.append(v)
-    return {"Volumes": seen, "Warnings": None}
+    if source is not None:
+        # No named volume at all: no cache or anything else is shared between builds,
+        # and a volume that exists under a name may be anyone's (or a host folder).
+        raise Refused(f"a named volume ({source!r}): a build mounts its own folder only")
+    return mount  # anonymous: the build's own folder, removed with the container
 
 
 def _json_text(text: str | bytes, what: str) -> Any:

@@ -49,10 +49,6 @@ class Plan:
     # of the client that asked first; None (no client: the canary, `kiisrv build`) waits
     # for no turn. Not part of the hash.
     client: str | None = None
-    # The pseudonym of the client whose ccache volume this build writes (ccache.py);
-    # None: none (a scratch ccache). Not part of the hash: the same layout from two
-    # clients is one build, in the ccache of whoever asked first.
-    ccache_client: str | None = None
 
     @property
     def layers(self) -> int:

@@ -1,35 +1,24 @@
-"""Pruning build outputs by age and by total size, and per-client ccache volumes.
+"""Pruning build outputs by age and by total size.
 
 A build's outputs are its zips in ``builds/`` and its inputs in ``config/<hash>``;
 they go together. Age is the newest modification time of the group (a cache hit
 touches its zip, so popular builds stay). Groups of builds that are queued or running
 are never touched.
-
-Each client's ccache volume (``ccache.py``) goes when no build used it for
-``KIISRV_CCACHE_CLIENT_DAYS``, and the least recently used go past
-``KIISRV_CCACHE_CLIENTS``: without that, every client ever seen kept a volume.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio.to_thread
-
-from kiisrv import ccache
-from kiisrv.errors import KiisrvError
-
 if TYPE_CHECKING:
-    from kiisrv.engine import Engine
-    from kiisrv.settings import Settings
+    pass
 
 log = logging.getLogger("kiisrv.retention")
 
@@ -110,66 +99,3 @@ def prune(
         freed += group.size
         total -= group.size
     return PruneResult(removed, freed, len(groups) - removed, total, tuple(pruned))
-
-
-# -- per-client ccache volumes -------------------------------------------------------------
-
-
-def stale_volumes(
-    last_used: Mapping[str, float], *, now: float, max_age: float, max_count: int
-) -> list[str]:
-    """The volumes to remove, oldest first: unused for ``max_age`` seconds, then the
-    least recently used while more than ``max_count`` are left."""
-    oldest_first = sorted(last_used, key=lambda name: last_used[name])
-    gone = [name for name in oldest_first if now - last_used[name] > max_age]
-    kept = [name for name in oldest_first if name not in gone]
-    return gone + kept[: max(0, len(kept) - max_count)]
-
-
-async def prune_ccache_volumes(
-    settings: Settings, engine: Engine, now: float | None = None
-) -> list[str]:
-    """Removes the stale client ccache volumes of this engine; the names removed.
-
-    A volume's last use is the mtime of its record (``ccache.record_use``), else when
-    the engine created it (a record lost with the data folder). One a build is using
-    is left (the engine refuses) and tried again next time.
-    """
-    now = time.time() if now is None else now
-    prefix = ccache.client_volume_prefix(settings)
-    created = await engine.volumes(prefix)
-    recorded = await anyio.to_thread.run_sync(ccache.last_uses, settings)
-    used = {
-        name: recorded.get(name, made)
-        for name, made in created.items()
-        if ccache.is_client_volume(settings, name)
-    }
-    removed = []
-    for name in stale_volumes(
-        used,
-        now=now,
-        max_age=settings.ccache_client_days * 86400,
-        max_count=settings.ccache_clients,
-    ):
-        try:
-            gone = await engine.remove_volume(name, prefix)
-        except KiisrvError as exc:
-            log.warning("client ccache %s not removed: %s", name, exc.message)
-            continue
-        if gone:
-            await anyio.to_thread.run_sync(ccache.forget, settings, name)
-            log.info("removed client ccache %s (unused or over KIISRV_CCACHE_CLIENTS)", name)
-            removed.append(name)
-    return removed
-
-
-async def prune_ccache_forever(settings: Settings, engine: Engine) -> None:
-    """``kiisrv worker``'s pruner: its engine holds the client volumes of its builds."""
-    if settings.prune_interval <= 0:
-        return
-    while True:
-        try:
-            await prune_ccache_volumes(settings, engine)
-        except Exception:
-            log.exception("pruning client ccaches failed; trying again later")
-        await asyncio.sleep(settings.prune_interval)

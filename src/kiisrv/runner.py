@@ -27,7 +27,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from kiisrv import ccache, diagnose
+from kiisrv import diagnose
 from kiisrv.artifacts import log_tail, publish, write_zip
 from kiisrv.buildio import MAX_ARCHIVE_BYTES, UnsafeOutput, extract_output, input_archive
 from kiisrv.containers import IO_DIR, OUT_DIR, WORK_SUBDIR, build_container_spec
@@ -69,12 +69,8 @@ class Runner:
             zip_name=f"{job.stem}.zip",
             environment=plan.params.environment(),
             suffix=secrets.token_hex(3),
-            ccache_client=plan.ccache_client,
         )
         clock = Phases()
-        if plan.ccache_client and self.settings.ccache_clients:
-            # For the pruner: when this client's volume was last used.
-            await anyio.to_thread.run_sync(ccache.record_use, self.settings, plan.ccache_client)
         inputs = await anyio.to_thread.run_sync(
             input_archive, job.hash, _inputs(plan), self.settings.build_user
         )

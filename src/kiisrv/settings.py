@@ -127,32 +127,6 @@ class Settings(BaseSettings):
         alias="KIISRV_BUILD_READ_ONLY",
         description="Read-only root filesystem for builds.",
     )
-    ccache_volume: str = Field(
-        "kiisrv-ccache",
-        alias="KIISRV_CCACHE_VOLUME",
-        min_length=1,
-        description="Named volume holding the shared ccache.",
-    )
-    ccache_clients: int = Field(
-        200,
-        alias="KIISRV_CCACHE_CLIENTS",
-        ge=0,
-        description="Per-client ccache volumes kept at most (the least recently used go "
-        "first); 0: none, every user build only reads the shared one.",
-    )
-    ccache_client_days: float = Field(
-        14.0,
-        alias="KIISRV_CCACHE_CLIENT_DAYS",
-        gt=0,
-        description="A client's ccache volume unused for this many days is removed.",
-    )
-    ccache_client_size: str = Field(
-        "256M",
-        alias="KIISRV_CCACHE_CLIENT_SIZE",
-        pattern=r"^[0-9]+(\.[0-9]+)?[kMGT]i?$",
-        description="Size cap of each client's ccache (ccache's max_size, e.g. 256M, 1G); "
-        "ccache evicts the oldest objects past it.",
-    )
     retention_days: float = Field(
         30.0,
         alias="KIISRV_RETENTION_DAYS",

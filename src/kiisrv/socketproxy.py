@@ -9,8 +9,7 @@ packaged proxy filters create bodies.
 What it checks is what it forwards: a per-container call goes to the full id its
 inspect answer gave (``enginepolicy.bound_container``), or to the full id of a
 container this proxy itself created (remembered from the create's answer: no inspect
-needed, the create was checked), a create body as re-serialised after the check, a
-volume only after an inspect showed it is this deployment's. The
+needed, the create was checked), and a create body as re-serialised after the check. The
 engine's error answers reach the caller as their status and a fixed message: its text
 names other containers (a 409 names the user of a volume; "multiple IDs found" tells
 prefixes apart). Malformed input is a 400 or 403, never a 500; a body must arrive
@@ -35,7 +34,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from kiisrv.ccache import client_volume_prefix
 from kiisrv.enginepolicy import (
     MAX_ARCHIVE_BODY,
     MAX_CREATE_BODY,
@@ -48,19 +46,13 @@ from kiisrv.enginepolicy import (
     bound_container,
     check_create,
     check_image,
-    check_volume,
-    check_volume_create,
     checked_query,
     list_query,
-    named_volumes,
-    owned_volume,
     parse_json,
     parse_size,
     route,
     visible,
     visible_images,
-    visible_volumes,
-    volume_query,
 )
 from kiisrv.settings import Settings
 
@@ -98,7 +90,6 @@ def policy(settings: Settings) -> Policy:
             log_bytes=parse_size(settings.build_log_size),
             log_files=2,
         ),
-        client_volume_prefix=client_volume_prefix(settings) if settings.ccache_clients else "",
     )
 
 
@@ -186,12 +177,6 @@ class SocketProxy:
             return await self._filtered(
                 call.path, list_query(query), lambda a: visible(a, self.policy)
             )
-        if call.kind is Kind.VOLUMES:
-            return await self._filtered(
-                call.path,
-                volume_query(query, self.policy),
-                lambda a: visible_volumes(a, self.policy),
-            )
         body: bytes | None = None
         path = call.path
         if call.kind is Kind.CONTAINER:
@@ -212,18 +197,7 @@ class SocketProxy:
                 parse_json(await self._body(request, MAX_CREATE_BODY, "create"), "the body"),
                 self.policy,
             )
-            for name in named_volumes(config):
-                await self._own_volume(name)
             return await self._create(call.path, query, json.dumps(config).encode())
-        elif call.kind is Kind.VOLUME_CREATE:
-            raw = await self._body(request, MAX_CREATE_BODY, "volume create")
-            volume = check_volume_create(parse_json(raw, "the body"), self.policy)
-            body = json.dumps(volume).encode()
-        elif call.kind is Kind.VOLUME:
-            check_volume(call, self.policy)
-            await self._own_volume(call.container or "")
-            path = call.at(call.container or "")
-            query = []  # no force: a volume in use stays
         return await self._forward(method, path, query, body)
 
     async def _body(self, request: Request, limit: int, what: str) -> bytes:
@@ -270,14 +244,6 @@ class SocketProxy:
             while len(self._created) > MAX_REMEMBERED:
                 self._created.popitem(last=False)
         return JSONResponse(answer, status_code=201)
-
-    async def _own_volume(self, name: str) -> None:
-        """Refused unless the volume exists and is this deployment's (its labels, local,
-        no options): a mount of a missing name would make dockerd create it unlabelled."""
-        r = await self.engine.get(f"/volumes/{name}")
-        if r.status_code != 200:
-            owned_volume(name, None, self.policy)
-        owned_volume(name, parse_json(r.content, "the engine's answer"), self.policy)
 
     async def _filtered(self, path: str, query: Sequence[tuple[str, str]], narrow: Any) -> Response:
         r = await self.engine.get(path, params=list(query))

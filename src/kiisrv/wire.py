@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -41,7 +42,6 @@ from pydantic import (
 
 from kiisrv import kll
 from kiisrv.catalog import Available
-from kiisrv.ccache import CLIENT_PATTERN
 from kiisrv.jobs import Job, JobState
 from kiisrv.planner import Plan
 from kiisrv.versions import ReleaseInfo, Version
@@ -143,8 +143,26 @@ class PlanRecord(_Strict):
     layout_json: Annotated[str, StringConstraints(max_length=_MAX_FILE)]
     board: _FilePart
     variant: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\- ]{0,255}$")]
-    # Whose ccache volume the build writes: a pseudonym, which ends a volume name.
-    ccache_client: Annotated[str, StringConstraints(pattern=CLIENT_PATTERN)] | None = None
+
+
+_OLD_CLIENT = re.compile(r"[0-9a-f]{20}")
+
+
+def _from_an_older_server(payload: str) -> str:
+    """A plan queued by a server from before the per-client ccaches were dropped names
+    its client's cache (a pseudonym, or null): ignored, so an upgrade loses no queued
+    build. Anything else under that key is still refused, as any unknown field is."""
+    if '"ccache_client"' not in payload:
+        return payload
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return payload
+    old = data.get("ccache_client", "") if isinstance(data, dict) else ""
+    if old is None or (isinstance(old, str) and _OLD_CLIENT.fullmatch(old)):
+        del data["ccache_client"]
+        return json.dumps(data)
+    return payload
 
 
 class _Release(_Strict):
@@ -223,7 +241,6 @@ class Wire:
                 "layout_json": plan.layout_json.decode(),
                 "board": plan.board,
                 "variant": plan.variant,
-                "ccache_client": plan.ccache_client,
             }
         )
         return payload, self.sealer.seal("job", plan.job.hash.encode(), payload.encode())
@@ -233,7 +250,7 @@ class Wire:
         if not isinstance(payload, str):
             raise Forged("job: the payload is not text")
         self.sealer.check(signature, "job", str(job_id).encode(), payload.encode())
-        record = _parse(PlanRecord, payload)
+        record = _parse(PlanRecord, _from_an_older_server(payload))
         if record.job.hash != job_id:
             raise Forged("job: the plan is not the job's")
         return record
@@ -302,7 +319,6 @@ def plan_from_record(record: PlanRecord, image: str) -> Plan:
         layout_json=record.layout_json.encode(),
         board=record.board,
         variant=record.variant,
-        ccache_client=record.ccache_client,
     )
 
 

@@ -8,7 +8,6 @@ The test controller image is built from the product's own Dockerfile (target
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -30,7 +29,6 @@ from tests.helpers import (
     RedisServer,
     app_client,
     build_test_image,
-    remove_client_ccaches,
 )
 
 
@@ -72,7 +70,6 @@ def docker_settings(settings: Settings, controller_image: str) -> Settings:
     return settings.replace(
         docker_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
         image_prefix=TEST_IMAGE_PREFIX,
-        ccache_volume=f"{settings.instance}-ccache",
         build_memory="256m",
     )
 
@@ -89,9 +86,6 @@ def build_containers(docker_client: DockerClient, docker_settings: Settings) -> 
     ):
         print(f"--- leftover container {c.name} ---\n{c.logs().decode(errors='replace')}")
         c.remove(force=True)
-    with contextlib.suppress(docker.errors.NotFound):
-        docker_client.volumes.get(docker_settings.ccache_volume).remove(force=True)
-    remove_client_ccaches(docker_client, docker_settings)  # the test's clients made some
 
 
 @pytest.fixture

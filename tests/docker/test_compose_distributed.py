@@ -57,7 +57,6 @@ from tests.helpers import (
     compose_command,
     free_port,
     ktype,
-    remove_client_ccaches,
     request,
 )
 
@@ -145,7 +144,6 @@ def cluster(
         "KIISRV_PUBLISH": f"127.0.0.1:{port}",
         "KIISRV_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
         "KIISRV_INSTANCE": project,
-        "KIISRV_CCACHE_VOLUME": docker_settings.ccache_volume,
         "KIISRV_RATE_LIMIT": "0",  # every request comes from this one client
         "KIISRV_MAX_CLIENT_BUILDS": "64",  # and may run many builds at once
         "KIISRV_REDIS_PASSWORD": secrets.token_hex(16),
@@ -164,13 +162,10 @@ def cluster(
             print(f"--- {ct.name} ---\n{ct.logs(tail=tail).decode(errors='replace')}")
         down = subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, text=True)
         print(down.stderr)
-        # Build containers the workers left (none should be), and the clients' ccaches.
+        # Build containers the workers left (none should be).
         for ct in docker_client.containers.list(all=True, filters={"label": "io.kiisrv.managed=1"}):
             if ct.labels.get("io.kiisrv.instance", "").startswith(project):
                 ct.remove(force=True)
-        remove_client_ccaches(docker_client, docker_settings)
-        with contextlib.suppress(docker.errors.NotFound):
-            docker_client.volumes.get(docker_settings.ccache_volume).remove(force=True)
         for tag in (server_tag, proxy_tag):
             with contextlib.suppress(docker.errors.APIError):
                 docker_client.images.remove(tag)
@@ -437,6 +432,5 @@ def test_the_cluster_answers_every_request_through_crashes(
         if ct.labels.get("io.kiisrv.instance", "").startswith(c.project)
     ]
     assert left == []
-    remove_client_ccaches(docker_client, c.settings)
     volumes = [v.name for v in docker_client.volumes.list() if v.name.startswith(c.project)]
     assert volumes == []

@@ -37,7 +37,6 @@ from tests.helpers import (
     RedisServer,
     eventually,
     ktype,
-    remove_client_ccaches,
     request,
     serve,
     skip_or_fail,
@@ -151,9 +150,6 @@ def _cluster(
             ):
                 if ct.name.startswith(docker_settings.instance):
                     ct.remove(force=True)
-            with contextlib.suppress(docker.errors.NotFound):
-                client.volumes.get(docker_settings.ccache_volume).remove(force=True)
-            remove_client_ccaches(client, docker_settings)
 
 
 @pytest.fixture

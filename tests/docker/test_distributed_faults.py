@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import httpx
 import pytest
 from docker import DockerClient
@@ -37,8 +36,6 @@ def stack(
         for ct in docker_client.containers.list(all=True, ignore_removed=True):
             if ct.name.startswith(docker_settings.instance):
                 ct.remove(force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            docker_client.volumes.get(docker_settings.ccache_volume).remove(force=True)
 
 
 async def _post(base: str, body: dict[str, Any], wait_for_workers: bool = True) -> httpx.Response:

@@ -53,8 +53,6 @@ def two_images(
                 docker_client.images.remove(f"{prefix}{tag}:latest")
         with contextlib.suppress(docker.errors.APIError):
             docker_client.images.remove(str(lts.id), force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            docker_client.volumes.get(docker_settings.ccache_volume).remove(force=True)
 
 
 async def _ready(http: httpx.AsyncClient, *versions: str) -> None:

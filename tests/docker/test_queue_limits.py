@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import httpx
 import pytest
 from docker import DockerClient
@@ -36,8 +35,6 @@ def cleanup(docker_settings: Settings, docker_client: DockerClient) -> Iterator[
     for ct in docker_client.containers.list(all=True, ignore_removed=True):
         if ct.name.startswith(docker_settings.instance):
             ct.remove(force=True)
-    with contextlib.suppress(docker.errors.NotFound):
-        docker_client.volumes.get(docker_settings.ccache_volume).remove(force=True)
 
 
 def _slow(tag: str, seconds: int = 4) -> dict[str, Any]:

@@ -7,13 +7,11 @@ layouts in ../shared/conformance/layouts (or KIISRV_LAYOUTS_DIR).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import zipfile
 
-import docker.errors
 import pytest
 from docker import DockerClient
 
@@ -50,7 +48,6 @@ async def test_real_firmware_build(
         image_prefix=prefix,
         image_tag=tag or "latest",
         build_timeout=900,
-        ccache_volume=f"{settings.instance}-ccache",
     )
     config = json.loads((layouts / f"{layout}.json").read_bytes())
     async with app_client(real) as client:
@@ -66,5 +63,3 @@ async def test_real_firmware_build(
         for f in firmware:
             data = z.read(f)
             assert len(data) > 4096 and not data.startswith(b"KIISRV TEST DOUBLE")
-    with contextlib.suppress(docker.errors.APIError):
-        docker_client.volumes.get(real.ccache_volume).remove(force=True)

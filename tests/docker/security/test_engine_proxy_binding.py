@@ -370,18 +370,7 @@ def test_only_controller_images_are_seen(proxy: str) -> None:
         assert r.status_code == 403, other
 
 
-# -- volumes: owned, not named --------------------------------------------------------
-
-
-def _client_volume(settings: Settings) -> str:
-    return f"{settings.ccache_volume}-c{secrets.token_hex(10)}"
-
-
-def _with_volume(settings: Settings, name: str, read_only: bool = False) -> dict[str, Any]:
-    return _build_body(
-        settings,
-        Mounts=[{"Type": "volume", "Source": name, "Target": "/mnt/ccache", "ReadOnly": read_only}],
-    )
+# -- volumes: none but a build's own -------------------------------------------------
 
 
 @pytest.fixture
@@ -393,58 +382,17 @@ def volumes(docker_client: DockerClient) -> Iterator[list[str]]:
             docker_client.volumes.get(name).remove(force=True)
 
 
-def test_a_volume_made_through_the_proxy_is_labelled_and_usable(
-    proxy: str, docker_client: DockerClient, docker_settings: Settings, volumes: list[str]
-) -> None:
-    """Not an attack: a client ccache volume created through the proxy carries this
-    deployment's labels, is mounted by a build, then removed."""
-    name = _client_volume(docker_settings)
-    volumes.append(name)
-    labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: docker_settings.instance}
-    r = httpx.post(f"{proxy}{API}/volumes/create", json={"Name": name, "Labels": labels})
-    assert r.status_code == 201, r.text
-    assert docker_client.volumes.get(name).attrs["Labels"] == labels
-    c = _create(proxy, docker_settings, _with_volume(docker_settings, name))
-    assert c.status_code == 201, c.text
-    docker_client.api.remove_container(c.json()["Id"], force=True)
-    assert httpx.delete(f"{proxy}{API}/volumes/{name}").status_code == 204
-
-
 @pytest.mark.parametrize(
-    ("attack", "body"),
+    ("what", "made"),
     [
-        ("no labels", {"Labels": None}),
-        ("another deployment's labels", {"Labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "other"}}),
-        ("a bind of a host folder", {"DriverOpts": {"type": "none", "o": "bind", "device": "/"}}),
-        ("another driver", {"Driver": "nfs"}),
-    ],
-)
-def test_volume_creates_refused(
-    proxy: str,
-    docker_client: DockerClient,
-    docker_settings: Settings,
-    volumes: list[str],
-    attack: str,
-    body: dict[str, Any],
-) -> None:
-    name = _client_volume(docker_settings)
-    volumes.append(name)
-    labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: docker_settings.instance}
-    r = httpx.post(f"{proxy}{API}/volumes/create", json={"Name": name, "Labels": labels} | body)
-    assert r.status_code == 403, (attack, r.text)
-    assert name not in {v.name for v in docker_client.volumes.list()}
-
-
-@pytest.mark.parametrize(
-    ("attack", "made"),
-    [
+        ("nobody's yet (dockerd would create it)", None),
         ("made outside kiisrv, no labels", {}),
         (
-            "another deployment's, same name prefix",
-            {"labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "other"}},
+            "labelled as this deployment's",
+            {"labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "(ours)"}},
         ),
         (
-            "a bind of a host folder under a client's name",
+            "a bind of a host folder",
             {
                 "driver_opts": {"type": "none", "o": "bind", "device": "/tmp"},
                 "labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: "(ours)"},
@@ -452,66 +400,40 @@ def test_volume_creates_refused(
         ),
     ],
 )
-def test_volumes_not_ours_are_neither_mounted_nor_removed(
+def test_no_named_volume_is_mounted_created_listed_or_removed(
     proxy: str,
     docker_client: DockerClient,
     docker_settings: Settings,
     volumes: list[str],
-    attack: str,
-    made: dict[str, Any],
+    what: str,
+    made: dict[str, Any] | None,
 ) -> None:
-    """Attack: mount (writable) or delete a volume that only has a client ccache's name:
-    a neighbour deployment's at the same KIISRV_CCACHE_VOLUME, one without labels, or
-    one whose driver options bind a host folder. Refused: 403, and it stays."""
-    name = _client_volume(docker_settings)
+    """Attack: mount a volume by name (writable or not), create one with this
+    deployment's labels or a host folder behind it, list the host's volumes, delete one.
+    Refused, every one: 403, nothing created, nothing removed. A build mounts its own
+    folder only, an anonymous volume, so kiisrv never names a volume."""
+    name = f"{docker_settings.instance}-ccache-{secrets.token_hex(4)}"
     volumes.append(name)
-    made = json.loads(json.dumps(made).replace("(ours)", docker_settings.instance))
-    docker_client.volumes.create(name, **made)
-    r = _create(proxy, docker_settings, _with_volume(docker_settings, name))
-    assert r.status_code == 403, (attack, r.text)
-    d = httpx.delete(f"{proxy}{API}/volumes/{name}", params={})
-    assert d.status_code == 403, (attack, d.text)
-    listed = {v["Name"] for v in httpx.get(f"{proxy}{API}/volumes").json()["Volumes"]}
-    assert name not in listed
-    assert name in {v.name for v in docker_client.volumes.list()}
-    assert _ours(docker_client, docker_settings) == []
-
-
-def test_missing_and_shared_volumes_are_not_mounted(
-    proxy: str, docker_client: DockerClient, docker_settings: Settings, volumes: list[str]
-) -> None:
-    """Attack: mount a client name nobody created (dockerd would create it, unlabelled)
-    or the old shared ccache, writable. Refused: 403, nothing created."""
-    name = _client_volume(docker_settings)
-    volumes.extend([name, docker_settings.ccache_volume])
-    assert _create(proxy, docker_settings, _with_volume(docker_settings, name)).status_code == 403
-    docker_client.volumes.create(docker_settings.ccache_volume)
+    if made is not None:
+        made = json.loads(json.dumps(made).replace("(ours)", docker_settings.instance))
+        docker_client.volumes.create(name, **made)
     for read_only in (False, True):
-        r = _create(
-            proxy,
+        body = _build_body(
             docker_settings,
-            _with_volume(docker_settings, docker_settings.ccache_volume, read_only),
+            Mounts=[{"Type": "volume", "Source": name, "Target": "/mnt/x", "ReadOnly": read_only}],
         )
-        assert r.status_code == 403
-    assert name not in {v.name for v in docker_client.volumes.list()}
-
-
-def test_a_volume_in_use_does_not_name_its_user(
-    proxy: str, docker_client: DockerClient, docker_settings: Settings, volumes: list[str]
-) -> None:
-    """Attack: delete a volume in use to learn from the 409 the full id of the container
-    using it. Refused in effect: the 409 says "conflict" and no id."""
-    name = _client_volume(docker_settings)
-    volumes.append(name)
+        r = _create(proxy, docker_settings, body)
+        assert r.status_code == 403, (what, r.text)
     labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: docker_settings.instance}
-    httpx.post(f"{proxy}{API}/volumes/create", json={"Name": name, "Labels": labels})
-    c = _create(proxy, docker_settings, _with_volume(docker_settings, name))
-    ident = c.json()["Id"]
-    try:
-        d = httpx.delete(f"{proxy}{API}/volumes/{name}", params={"force": "1"})
-        assert d.status_code == 403  # no force
-        d = httpx.delete(f"{proxy}{API}/volumes/{name}")
-        assert d.status_code == 409
-        assert ident[:12] not in d.text and "conflict" in d.json()["message"]
-    finally:
-        docker_client.api.remove_container(ident, force=True)
+    other = f"{name}-new"
+    volumes.append(other)
+    for call in (
+        httpx.post(f"{proxy}{API}/volumes/create", json={"Name": other, "Labels": labels}),
+        httpx.get(f"{proxy}{API}/volumes"),
+        httpx.get(f"{proxy}{API}/volumes/{name}"),
+        httpx.delete(f"{proxy}{API}/volumes/{name}"),
+    ):
+        assert call.status_code == 403, (what, call.request.url, call.text)
+    left = {v.name for v in docker_client.volumes.list()}
+    assert (name in left) == (made is not None) and other not in left
+    assert _ours(docker_client, docker_settings) == []
