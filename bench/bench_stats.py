@@ -106,7 +106,7 @@ def fill_sqlite(path: Path, requests: int, builds: int) -> None:
 def fill_postgres(url: str, requests: int, builds: int) -> None:
     import psycopg
 
-    from kiisrv.requests_store import POSTGRES_SCHEMA
+    from kiisrv.store.requests import POSTGRES_SCHEMA
 
     with psycopg.connect(url, autocommit=True) as conn:
         for statement in POSTGRES_SCHEMA.split(";"):

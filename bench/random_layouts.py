@@ -447,7 +447,7 @@ class Case:
 
 def generate(layouts: Path, seed: int, counts: dict[str, int], keys: Keys) -> list[Case]:
     sys.path.insert(0, str(HERE.parent / "src"))
-    from kiisrv.canary import layout_files
+    from kiisrv.tools.canary import layout_files
 
     files = layout_files(layouts)
     cases = []
@@ -465,11 +465,11 @@ def generate(layouts: Path, seed: int, counts: dict[str, int], keys: Keys) -> li
 
 def dry_run(cases: list[Case], layouts: Path, keep: Path | None) -> None:
     """Plans each request as the server would (refusals up front, KLL generated)."""
-    from kiisrv.catalog import Available
+    from kiisrv.build.catalog import Available
     from kiisrv.errors import ClientError
-    from kiisrv.layouts import LayoutStore
-    from kiisrv.planner import Planner
-    from kiisrv.versions import Version
+    from kiisrv.recipe.layouts import LayoutStore
+    from kiisrv.recipe.planner import Planner
+    from kiisrv.recipe.versions import Version
 
     targets = {
         "latest": Available(

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from kiisrv.app import create_app
 from kiisrv.settings import Settings
+from kiisrv.web.app import create_app
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kiisrv.buildio import MAX_OUTPUT_BYTES, UnsafeOutput, extract_output, input_archive
-from kiisrv.containers import IN_DIR, IO_DIR, OUT_DIR
+from kiisrv.build.buildio import MAX_OUTPUT_BYTES, UnsafeOutput, extract_output, input_archive
+from kiisrv.build.containers import IN_DIR, IO_DIR, OUT_DIR
 
 HASH = "0123456789abcdef0123456789abcdef"
 

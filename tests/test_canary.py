@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from kiisrv import canary
-from kiisrv.catalog import Available
-from kiisrv.containers import build_container_spec
+from kiisrv.build.catalog import Available
+from kiisrv.build.containers import build_container_spec
 from kiisrv.errors import Unavailable, UnknownKeyboard
-from kiisrv.layouts import LayoutStore
-from kiisrv.planner import Planner
+from kiisrv.recipe.layouts import LayoutStore
+from kiisrv.recipe.planner import Planner
+from kiisrv.recipe.versions import Version
 from kiisrv.settings import Settings
-from kiisrv.versions import Version
+from kiisrv.tools import canary
 from tests.helpers import ktype, mdergo1, request
 
 pytestmark = pytest.mark.anyio

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiisrv.containers import (
+from kiisrv.build.containers import (
     IN_DIR,
     IO_DIR,
     LABEL_HASH,

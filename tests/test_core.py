@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kiisrv import core
-from kiisrv.engine import Engine
+from kiisrv.build.engine import Engine
 from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
-from kiisrv.storage import Storage
+from kiisrv.store.storage import Storage
 from tests.helpers import CLIENT_FILENAME_RE, app_client, eventually, on_loop
 
 pytestmark = pytest.mark.anyio
@@ -153,7 +153,7 @@ def test_every_accepted_name_parses_back_from_the_answer(
     name: str, layout: str, hash_: str
 ) -> None:
     """#8.9: the Configurator's regex reads back the board and the layout of any answer."""
-    from kiisrv.planner import zip_stem
+    from kiisrv.recipe.planner import zip_stem
 
     stem = zip_stem(name, layout, hash_)
     for suffix in (".zip", "_error.zip"):

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from kiisrv import diagnose, kll
-from kiisrv.layout import parse_layout
-from kiisrv.layouts import LayoutStore
+from kiisrv.recipe import diagnose, kll
+from kiisrv.recipe.layout import parse_layout
+from kiisrv.recipe.layouts import LayoutStore
 from tests.helpers import CONFORMANCE, NO_CONFORMANCE, REPO
 
 LOGS = REPO / "tests" / "fixtures" / "compiler"

@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED, build_container_spec
-from kiisrv.engine import Engine
-from kiisrv.enginepolicy import (
+from kiisrv.build.containers import LABEL_INSTANCE, LABEL_MANAGED, build_container_spec
+from kiisrv.build.engine import Engine
+from kiisrv.proxy.policy import (
     NOT_OURS,
     Kind,
     Policy,
@@ -34,8 +34,8 @@ from kiisrv.enginepolicy import (
     visible,
     visible_images,
 )
+from kiisrv.proxy.server import policy as policy_of
 from kiisrv.settings import Settings
-from kiisrv.socketproxy import policy as policy_of
 
 SETTINGS = Settings(
     data_dir=Path("/srv/data"),

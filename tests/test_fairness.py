@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from kiisrv.fairness import FairSlots, RedisTurns, client_of
+from kiisrv.build.fairness import FairSlots, RedisTurns, client_of
 from tests.helpers import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kiisrv import firmware
+from kiisrv.recipe import firmware
 
 
 def test_capabilities_follow_the_modules_a_script_adds() -> None:

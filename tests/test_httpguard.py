@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from kiisrv.httpguard import BodyClock, ConnectionCount, Limits, raw_response
+from kiisrv.web.httpguard import BodyClock, ConnectionCount, Limits, raw_response
 
 LIMITS = Limits(
     header_timeout=10,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from kiisrv import kll
 from kiisrv.errors import InvalidLayout, UnknownKeyboard
-from kiisrv.layout import Layout, parse_layout
-from kiisrv.layouts import LayoutStore
+from kiisrv.recipe import kll
+from kiisrv.recipe.layout import Layout, parse_layout
+from kiisrv.recipe.layouts import LayoutStore
 from tests.helpers import CONFORMANCE, FIXTURE_LAYOUTS, NO_CONFORMANCE, header, key, ktype
 
 
@@ -344,7 +344,7 @@ def test_a_comment_typed_above_a_frame_keeps_the_frame() -> None:
     """The Configurator saves frames split at `;`: a comment line above a frame arrives
     in the same element, and copying it whole left a bare pixel list (a KLL lexer error
     on real builds: bench/results-random.md)."""
-    from kiisrv.layout import parse_layout
+    from kiisrv.recipe.layout import parse_layout
     from tests.helpers import ktype
 
     doc = ktype()
@@ -372,7 +372,7 @@ def test_a_comment_typed_above_a_frame_keeps_the_frame() -> None:
 def test_the_clients_cut_system_key_names_in_macros_are_put_back() -> None:
     """The Configurator's macros send SYS"OWER DOWN" for POWER DOWN (substring(5) for
     `SYS:`): a 422 from the KLL compiler on real builds (bench/results-random.md)."""
-    from kiisrv.layout import parse_layout
+    from kiisrv.recipe.layout import parse_layout
     from tests.helpers import FIXTURE_LAYOUTS, ktype
 
     base = parse_layout(json.loads((FIXTURE_LAYOUTS / "KType-TestBase.json").read_text()))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kiisrv.errors import InvalidLayout
-from kiisrv.layout import parse_layout, parse_request
+from kiisrv.recipe.layout import parse_layout, parse_request
 from tests.helpers import CONFORMANCE, NO_CONFORMANCE, ktype, request
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from kiisrv.catalog import Available
+from kiisrv.build.catalog import Available
 from kiisrv.errors import InvalidLayout, Unsupported
-from kiisrv.layouts import LayoutStore
-from kiisrv.planner import Planner
-from kiisrv.versions import Version
+from kiisrv.recipe.layouts import LayoutStore
+from kiisrv.recipe.planner import Planner
+from kiisrv.recipe.versions import Version
 from tests.helpers import (
     CLIENT_FILENAME_RE,
     CONFORMANCE,
@@ -152,7 +152,7 @@ def test_the_hash_covers_the_recipe_version_and_the_base_layouts_content(
     """A zip made under older rules, or over another base file, is another build."""
     import shutil
 
-    from kiisrv import planner as planner_module
+    from kiisrv.recipe import planner as planner_module
 
     shutil.copytree(FIXTURE_LAYOUTS, tmp_path / "layouts")
     plans = Planner(LayoutStore(tmp_path / "layouts"))

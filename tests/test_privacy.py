@@ -15,7 +15,7 @@ import pytest
 from kiisrv import privacy
 from kiisrv.core import Kiisrv
 from kiisrv.settings import Settings
-from kiisrv.storage import RequestRecord, Storage
+from kiisrv.store.storage import RequestRecord, Storage
 from tests.helpers import app_client
 
 pytestmark = pytest.mark.anyio

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from kiisrv import distributed, wire
-from kiisrv.catalog import Available
+from kiisrv.build.catalog import Available
+from kiisrv.cluster import distributed, wire
 from kiisrv.jobs import Job, JobState
-from kiisrv.kll import BuildParams, KllFile
-from kiisrv.planner import Plan
-from kiisrv.results import ResultStore
+from kiisrv.recipe.kll import BuildParams, KllFile
+from kiisrv.recipe.planner import Plan
+from kiisrv.recipe.versions import Version
 from kiisrv.settings import Settings
-from kiisrv.versions import Version
+from kiisrv.store.results import ResultStore
 from tests.helpers import QUEUE_KEY, RedisServer
 
 pytestmark = pytest.mark.anyio

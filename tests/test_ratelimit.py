@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kiisrv import distributed
-from kiisrv.errors import RateLimited
-from kiisrv.ratelimit import (
+from kiisrv.build.ratelimit import (
     KEY_PREFIX,
     RateLimiter,
     RedisRateLimiter,
@@ -23,6 +21,8 @@ from kiisrv.ratelimit import (
     make_limiter,
     parse_networks,
 )
+from kiisrv.cluster import distributed
+from kiisrv.errors import RateLimited
 from kiisrv.settings import Settings
 from tests.helpers import RedisServer, redis_contents
 

@@ -19,29 +19,29 @@ from typing import Any, ClassVar
 
 import pytest
 
-from kiisrv import catalog as catalog_module
-from kiisrv.buildio import UnsafeOutput, single_file
-from kiisrv.catalog import Catalog
-from kiisrv.containers import (
+from kiisrv.build import catalog as catalog_module
+from kiisrv.build.buildio import UnsafeOutput, single_file
+from kiisrv.build.catalog import Catalog
+from kiisrv.build.containers import (
     LABEL_HASH,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_PURPOSE,
     release_reader_spec,
 )
-from kiisrv.engine import Engine, ImageFile, ImageInfo
-from kiisrv.enginepolicy import check_create
+from kiisrv.build.engine import Engine, ImageFile, ImageInfo
 from kiisrv.errors import EngineTimeout, EngineUnavailable
-from kiisrv.settings import Settings
-from kiisrv.socketproxy import policy as policy_of
-from kiisrv.storage import Storage
-from kiisrv.versions import (
+from kiisrv.proxy.policy import check_create
+from kiisrv.proxy.server import policy as policy_of
+from kiisrv.recipe.versions import (
     DEFAULT_VERSIONS,
     LABEL_PREFIX,
     MAX_RELEASE_FILE,
     RELEASE_FILE,
     release_from_file,
 )
+from kiisrv.settings import Settings
+from kiisrv.store.storage import Storage
 
 HASH = "ab" * 20
 GOOD = {"tag": "v0.5.7", "hash": HASH, "commit": 1234, "date": "2019-08-01 12:00:00 -0700"}

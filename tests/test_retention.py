@@ -10,8 +10,8 @@ import pytest
 
 from kiisrv.cli import main
 from kiisrv.jobs import Job, JobState
-from kiisrv.retention import prune
-from kiisrv.storage import Storage
+from kiisrv.store.retention import prune
+from kiisrv.store.storage import Storage
 
 DAY = 86400.0
 

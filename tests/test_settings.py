@@ -77,7 +77,7 @@ def test_booleans_are_read_strictly(raw: str, value: bool) -> None:
 
 
 def test_build_cpus_default_to_no_hard_quota() -> None:
-    from kiisrv.containers import build_container_spec
+    from kiisrv.build.containers import build_container_spec
 
     def spec(settings: Settings) -> int:
         return build_container_spec(

@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from kiisrv.stats import JOURNAL_COMPACT_AT, StatsRecorder
-from kiisrv.storage import RequestRecord, Storage
+from kiisrv.store.stats import JOURNAL_COMPACT_AT, StatsRecorder
+from kiisrv.store.storage import RequestRecord, Storage
 
 pytestmark = pytest.mark.anyio
 

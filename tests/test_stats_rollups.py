@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 
-from kiisrv import metrics, privacy, stats
+from kiisrv import privacy
 from kiisrv.core import Kiisrv
 from kiisrv.jobs import Job, JobState
-from kiisrv.requests_store import PostgresRequests
 from kiisrv.settings import Settings
-from kiisrv.storage import RequestRecord, Storage
+from kiisrv.store import stats
+from kiisrv.store.requests import PostgresRequests
+from kiisrv.store.storage import RequestRecord, Storage
+from kiisrv.web import metrics
 from tests.helpers import app_client, postgres_paused, postgres_server
 
 pytestmark = pytest.mark.anyio

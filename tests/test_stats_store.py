@@ -14,11 +14,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from kiisrv import privacy, stats
+from kiisrv import privacy
 from kiisrv.core import Kiisrv
 from kiisrv.errors import StorageError
 from kiisrv.settings import Settings
-from kiisrv.storage import RequestRecord, Storage
+from kiisrv.store import stats
+from kiisrv.store.storage import RequestRecord, Storage
 from tests.helpers import PostgresServer, app_client, postgres_server
 
 pytestmark = pytest.mark.anyio

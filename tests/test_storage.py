@@ -6,10 +6,10 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiisrv import stats
 from kiisrv.jobs import Job, JobState
-from kiisrv.storage import RequestRecord, Storage
-from kiisrv.versions import DEFAULT_VERSIONS
+from kiisrv.recipe.versions import DEFAULT_VERSIONS
+from kiisrv.store import stats
+from kiisrv.store.storage import RequestRecord, Storage
 
 
 def open_storage(tmp_path: Path) -> Storage:

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from kiisrv import kll, support
 from kiisrv.errors import UnknownKeyboard, Unsupported
-from kiisrv.layout import Layout, parse_layout
-from kiisrv.layouts import LayoutStore
-from kiisrv.versions import DEFAULT_VERSIONS
+from kiisrv.recipe import kll, support
+from kiisrv.recipe.layout import Layout, parse_layout
+from kiisrv.recipe.layouts import LayoutStore
+from kiisrv.recipe.versions import DEFAULT_VERSIONS
 from tests.helpers import CONFORMANCE, FIXTURE_LAYOUTS, NO_CONFORMANCE, header, key, ktype
 
 VERSIONS = {v.name: v for v in DEFAULT_VERSIONS}
@@ -62,7 +62,7 @@ def test_features_v050_lacks_are_refused_only_where_used() -> None:
 
 
 def test_the_canary_shows_the_line_that_says_what_broke() -> None:
-    from kiisrv.canary import first_error_line
+    from kiisrv.tools.canary import first_error_line
 
     log = (
         "CMake Warning (dev):\n  missing BYPRODUCTS\nProject authors should add the missing\n"

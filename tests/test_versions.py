@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from kiisrv.versions import DEFAULT_VERSIONS, bcd, release_info
+from kiisrv.recipe.versions import DEFAULT_VERSIONS, bcd, release_info
 
 
 def test_bcd_as_the_firmware_reports_it() -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kiisrv import warmlist
-from kiisrv.warmtree import (
+from kiisrv.controller.warmtree import (
     IGNORED_ENV,
     RECORD_NAME,
     USAGE_NAME,
@@ -26,6 +25,7 @@ from kiisrv.warmtree import (
     used_macros,
     write_usage,
 )
+from kiisrv.tools import warmlist
 from tests.helpers import CONFORMANCE, NO_CONFORMANCE, REPO
 
 WRAPPER = REPO / "docker" / "controller" / "bin" / "cmake"
@@ -168,11 +168,11 @@ def test_every_stock_layout_a_version_builds_gets_a_tree_of_its_own(
 ) -> None:
     """Each stock layout (variants included) as the image's versions build it: the
     request the server makes of it, byte for byte (its .kll files, its parameters)."""
-    from kiisrv.canary import layout_files
-    from kiisrv.catalog import Available
+    from kiisrv.build.catalog import Available
     from kiisrv.errors import KiisrvError
-    from kiisrv.layouts import LayoutStore
-    from kiisrv.planner import Planner
+    from kiisrv.recipe.layouts import LayoutStore
+    from kiisrv.recipe.planner import Planner
+    from kiisrv.tools.canary import layout_files
 
     layouts = CONFORMANCE / "layouts"
     versions = warmlist.versions_of(tag)

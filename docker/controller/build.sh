@@ -51,7 +51,7 @@ ls -l "${KLL_DIR}" 2>&1 | tee -a "$LOG"
 say "------------------------"
 
 link_kll_cache
-# No compile cache is kept from one build to the next (src/kiisrv/containers.py sets
+# No compile cache is kept from one build to the next (src/kiisrv/build/containers.py sets
 # CCACHE_DISABLE=1): the warm trees in the image are what makes a build fast.
 if [ -n "${CCACHE_DISABLE:-}" ]; then say " @@@@@ Ccache=disabled"; fi
 

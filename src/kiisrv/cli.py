@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kiisrv import __version__, kll, layouts
+from kiisrv import __version__
 from kiisrv.core import Kiisrv
 from kiisrv.errors import KiisrvError
-from kiisrv.layout import parse_layout
-from kiisrv.layouts import LayoutStore
+from kiisrv.recipe import kll, layouts
+from kiisrv.recipe.layout import parse_layout
+from kiisrv.recipe.layouts import LayoutStore
 from kiisrv.settings import Settings
 
 
@@ -42,8 +43,8 @@ KEEP_ALIVE_SECONDS = 75
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from kiisrv.app import create_app
-    from kiisrv.httpguard import Limits, guarded_protocol
+    from kiisrv.web.app import create_app
+    from kiisrv.web.httpguard import Limits, guarded_protocol
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.replace(**overrides)
@@ -72,7 +73,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from kiisrv.distributed import run_worker
+    from kiisrv.cluster.distributed import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run_worker(settings)
@@ -80,7 +81,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _socket_proxy(args: argparse.Namespace, settings: Settings) -> int:
-    from kiisrv import socketproxy
+    from kiisrv.proxy import server as socketproxy
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     socketproxy.run(settings, args.host, args.port, keep_alive=KEEP_ALIVE_SECONDS)
@@ -128,7 +129,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
 def _build(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from kiisrv import oneshot
+    from kiisrv.tools import oneshot
 
     return oneshot.run(settings, Path(args.layout), args.env, Path(args.output), Console())
 
@@ -137,7 +138,7 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import tempfile
 
-    from kiisrv import canary
+    from kiisrv.tools import canary
 
     layouts_dir = args.layouts_dir or settings.layouts_dir
     report_path = args.output or settings.data_dir / canary.REPORT_NAME
@@ -214,7 +215,7 @@ def _canary(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _warm_inputs(args: argparse.Namespace, settings: Settings) -> int:
-    from kiisrv import warmlist
+    from kiisrv.tools import warmlist
 
     inputs = warmlist.stock_inputs(
         args.layouts_dir or settings.layouts_dir, warmlist.versions_of(args.tag)
@@ -224,7 +225,7 @@ def _warm_inputs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _warm_list(args: argparse.Namespace, settings: Settings) -> int:
-    from kiisrv import warmlist
+    from kiisrv.tools import warmlist
 
     text = warmlist.render(warmlist.configurations())
     if args.output:

@@ -27,23 +27,24 @@ from typing import Any
 
 import anyio.to_thread
 
-from kiisrv import fairness, privacy
-from kiisrv.artifacts import artifact_path, write_bytes
-from kiisrv.catalog import Available, Catalog
-from kiisrv.engine import Engine
+from kiisrv import privacy
+from kiisrv.build import fairness
+from kiisrv.build.catalog import Available, Catalog
+from kiisrv.build.engine import Engine
+from kiisrv.build.queue import BuildQueue, LocalQueue
+from kiisrv.build.ratelimit import make_limiter
+from kiisrv.build.runner import Runner
 from kiisrv.errors import NotFound, StorageError, Unavailable, UnknownVersion
 from kiisrv.jobs import Job, JobState
-from kiisrv.layouts import BaseFile, LayoutStore
-from kiisrv.planner import Plan, Planner
-from kiisrv.queue import BuildQueue, LocalQueue
-from kiisrv.ratelimit import make_limiter
-from kiisrv.results import ResultStore, hash_of
-from kiisrv.retention import PruneResult, prune
-from kiisrv.runner import Runner
+from kiisrv.recipe.layouts import BaseFile, LayoutStore
+from kiisrv.recipe.planner import Plan, Planner
+from kiisrv.recipe.versions import DEFAULT_VERSIONS
 from kiisrv.settings import Settings
-from kiisrv.stats import StatsRecorder
-from kiisrv.storage import Storage, now
-from kiisrv.versions import DEFAULT_VERSIONS
+from kiisrv.store.artifacts import artifact_path, write_bytes
+from kiisrv.store.results import ResultStore, hash_of
+from kiisrv.store.retention import PruneResult, prune
+from kiisrv.store.stats import StatsRecorder
+from kiisrv.store.storage import Storage, now
 
 log = logging.getLogger("kiisrv")
 
@@ -101,7 +102,7 @@ class Kiisrv:
         self.results: ResultStore | None = None  # a cluster's (results.py)
         redis = None
         if settings.queue_url:  # builds run on `kiisrv worker`s: docs/distributed.md
-            from kiisrv import distributed
+            from kiisrv.cluster import distributed
 
             redis = distributed.connect(settings.queue_url)
             self.catalog = distributed.WorkerCatalog(settings, self.storage, self.engine, redis)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from docker import DockerClient
 
-from kiisrv.containers import LABEL_INSTANCE
+from kiisrv.build.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
 from tests.helpers import (
     TEST_IMAGE_PREFIX,

@@ -18,10 +18,10 @@ import pytest
 from docker import DockerClient
 
 from kiisrv import privacy
-from kiisrv.containers import LABEL_INSTANCE
+from kiisrv.build.containers import LABEL_INSTANCE
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
-from kiisrv.storage import Storage
+from kiisrv.store.storage import Storage
 from tests.helpers import (
     CLIENT_FILENAME_RE,
     TEST_IMAGE_PREFIX,
@@ -311,7 +311,7 @@ async def test_a_zip_cached_by_an_older_recipe_or_base_is_rebuilt_not_served(
 ) -> None:
     """Zips made before a fix sit in every deployment's cache: the build hash covers the
     recipe version and the base layout's content, so neither is served stale."""
-    from kiisrv import planner
+    from kiisrv.recipe import planner
 
     layouts = tmp_path / "fetched-layouts"
     shutil.copytree(docker_settings.layouts_dir, layouts)

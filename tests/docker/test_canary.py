@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from docker import DockerClient
 
-from kiisrv import canary as canary_module
-from kiisrv.containers import ContainerSpec
+from kiisrv.build.containers import ContainerSpec
 from kiisrv.core import Kiisrv
 from kiisrv.settings import Settings
+from kiisrv.tools import canary as canary_module
 from tests.helpers import app_client, kiisrv_env, ktype, mdergo1, request
 
 pytestmark = pytest.mark.anyio

@@ -26,7 +26,7 @@ import pytest
 from docker import DockerClient
 from redis.asyncio import Redis
 
-from kiisrv.containers import LABEL_INSTANCE
+from kiisrv.build.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
 from tests.helpers import (
     DOCKER_HOST_2,

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from docker import DockerClient
 
-from kiisrv import distributed
+from kiisrv.cluster import distributed
 from kiisrv.settings import Settings
 from tests.helpers import Events, RedisServer, ktype, request, serve, work
 

@@ -19,7 +19,7 @@ import pytest
 from arq.constants import in_progress_key_prefix
 from docker import DockerClient
 
-from kiisrv import distributed, wire
+from kiisrv.cluster import distributed, wire
 from kiisrv.settings import Settings
 from tests.helpers import (
     QUEUE_KEY,

@@ -17,12 +17,12 @@ import docker.errors
 import pytest
 from docker import DockerClient
 
-from kiisrv.catalog import Catalog
-from kiisrv.containers import LABEL_PURPOSE
-from kiisrv.engine import Engine
+from kiisrv.build.catalog import Catalog
+from kiisrv.build.containers import LABEL_PURPOSE
+from kiisrv.build.engine import Engine
+from kiisrv.recipe.versions import DEFAULT_VERSIONS, RELEASE_FILE
 from kiisrv.settings import Settings
-from kiisrv.storage import Storage
-from kiisrv.versions import DEFAULT_VERSIONS, RELEASE_FILE
+from kiisrv.store.storage import Storage
 from tests.helpers import (
     TEST_IMAGE_PREFIX,
     Events,

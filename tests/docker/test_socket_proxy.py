@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kiisrv.engine import Engine
+from kiisrv.build.engine import Engine
 from kiisrv.settings import Settings
 from tests.helpers import TEST_IMAGE_PREFIX, Events, socket_proxy
 

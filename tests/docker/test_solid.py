@@ -17,7 +17,7 @@ import pytest
 
 from kiisrv.errors import StorageError
 from kiisrv.settings import Settings
-from kiisrv.storage import Storage
+from kiisrv.store.storage import Storage
 from tests.helpers import (
     CLIENT_FILENAME_RE,
     TEST_IMAGE_PREFIX,

@@ -21,9 +21,9 @@ import docker.errors
 import pytest
 from docker import DockerClient
 
-from kiisrv import kll
-from kiisrv.layout import parse_layout
-from kiisrv.layouts import LayoutStore
+from kiisrv.recipe import kll
+from kiisrv.recipe.layout import parse_layout
+from kiisrv.recipe.layouts import LayoutStore
 from tests.helpers import (
     CONFORMANCE,
     NO_CONFORMANCE,
@@ -180,7 +180,7 @@ def test_one_layer_without_a_way_to_other_layers_asks_for_no_stock_layers(
 
 def conformance_cases() -> list[str]:
     """Every layout a user can pick from the reference set (none when it is absent)."""
-    from kiisrv.canary import layout_files
+    from kiisrv.tools.canary import layout_files
 
     folder = CONFORMANCE / "layouts"
     return [p.stem for p in layout_files(folder)] if folder.is_dir() else []
@@ -190,9 +190,9 @@ def stock_inputs(
     layouts: Path, name: str, lts: bool, change_a_key: bool = False
 ) -> tuple[dict[str, str], kll.BuildParams] | None:
     """The .kll files and parameters the server sends for a stock layout (None: refused)."""
-    from kiisrv import support
     from kiisrv.errors import KiisrvError
-    from kiisrv.versions import DEFAULT_VERSIONS
+    from kiisrv.recipe import support
+    from kiisrv.recipe.versions import DEFAULT_VERSIONS
 
     doc = json.loads((layouts / f"{name}.json").read_bytes())
     if change_a_key:

@@ -22,7 +22,7 @@ import pytest
 from docker import DockerClient
 from docker.types import Mount
 
-from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED
+from kiisrv.build.containers import LABEL_INSTANCE, LABEL_MANAGED
 from kiisrv.settings import Settings
 from tests.helpers import (
     TEST_IMAGE_PREFIX,

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from docker import DockerClient
 
-from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED
+from kiisrv.build.containers import LABEL_INSTANCE, LABEL_MANAGED
 from kiisrv.settings import Settings
 from tests.helpers import TEST_IMAGE_PREFIX, TEST_PREFIX, Events, socket_proxy
 

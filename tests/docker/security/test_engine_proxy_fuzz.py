@@ -24,8 +24,8 @@ from docker import DockerClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kiisrv.containers import LABEL_INSTANCE, LABEL_MANAGED
-from kiisrv.enginepolicy import parse_size
+from kiisrv.build.containers import LABEL_INSTANCE, LABEL_MANAGED
+from kiisrv.proxy.policy import parse_size
 from kiisrv.settings import Settings
 from tests.helpers import TEST_IMAGE_PREFIX, Events, socket_proxy
 

@@ -28,7 +28,7 @@ import pytest
 from arq.connections import ArqRedis
 from docker import DockerClient
 
-from kiisrv import distributed
+from kiisrv.cluster import distributed
 from kiisrv.jobs import JobState
 from kiisrv.settings import Settings
 from tests.helpers import (

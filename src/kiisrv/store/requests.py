@@ -37,13 +37,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from kiisrv import rollups
 from kiisrv.errors import StorageError
+from kiisrv.store import rollups
 
 if TYPE_CHECKING:  # imported when used: servers without KIISRV_STATS_URL never load it
     import psycopg
 
-    from kiisrv.storage import RequestRecord
+    from kiisrv.store.storage import RequestRecord
 
 T = TypeVar("T")
 

@@ -25,13 +25,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kiisrv.buildio import UnsafeOutput, single_file
-from kiisrv.containers import release_reader_spec
-from kiisrv.engine import Engine, ImageFile, ImageInfo
+from kiisrv.build.buildio import UnsafeOutput, single_file
+from kiisrv.build.containers import release_reader_spec
+from kiisrv.build.engine import Engine, ImageFile, ImageInfo
 from kiisrv.errors import KiisrvError, StorageError, UnknownVersion
-from kiisrv.settings import Settings
-from kiisrv.storage import Storage
-from kiisrv.versions import (
+from kiisrv.recipe.versions import (
     MAX_RELEASE_FILE,
     RELEASE_FILE,
     ReleaseInfo,
@@ -39,6 +37,8 @@ from kiisrv.versions import (
     release_from_file,
     release_from_labels,
 )
+from kiisrv.settings import Settings
+from kiisrv.store.storage import Storage
 
 log = logging.getLogger("kiisrv.catalog")
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from kiisrv.containers import IN_DIR, IO_DIR, OUT_DIR
+from kiisrv.build.containers import IN_DIR, IO_DIR, OUT_DIR
 
 # Largest output archive accepted. A real build's zip (firmware, headers, log) is
 # 0.1-2 MB; the build log inside it is whatever the compiler printed.

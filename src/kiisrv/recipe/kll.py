@@ -13,9 +13,9 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from kiisrv import firmware
 from kiisrv.errors import InvalidLayout, UnknownKeyboard
-from kiisrv.layout import Layout, MatrixKey
+from kiisrv.recipe import firmware
+from kiisrv.recipe.layout import Layout, MatrixKey
 
 # header.Name lowercased -> the controller's build script.
 BUILD_SCRIPTS: dict[str, str] = {

@@ -21,12 +21,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kiisrv.build.fairness import FairSlots
+from kiisrv.build.runner import Runner
 from kiisrv.errors import EngineConflict, EngineNotFound, KiisrvError, QueueFull, Unavailable
-from kiisrv.fairness import FairSlots
 from kiisrv.jobs import Job, JobState
-from kiisrv.planner import Plan
-from kiisrv.runner import Runner
-from kiisrv.storage import Storage
+from kiisrv.recipe.planner import Plan
+from kiisrv.store.storage import Storage
 
 log = logging.getLogger("kiisrv.queue")
 

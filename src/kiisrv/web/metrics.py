@@ -22,8 +22,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from kiisrv.jobs import JobState
-from kiisrv.rollups import DURATION_BUCKETS
-from kiisrv.storage import Storage
+from kiisrv.store.rollups import DURATION_BUCKETS
+from kiisrv.store.storage import Storage
 
 if TYPE_CHECKING:
     from kiisrv.core import Kiisrv

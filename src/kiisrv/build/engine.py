@@ -31,9 +31,8 @@ import urllib3.exceptions
 from docker import DockerClient
 from docker.types import LogConfig, Mount
 
-from kiisrv.buildio import UnsafeOutput
-from kiisrv.containers import ContainerSpec
-from kiisrv.enginepolicy import LABEL_INSTANCE, NOT_OURS
+from kiisrv.build.buildio import UnsafeOutput
+from kiisrv.build.containers import ContainerSpec
 from kiisrv.errors import (
     EngineConflict,
     EngineError,
@@ -41,6 +40,7 @@ from kiisrv.errors import (
     EngineTimeout,
     EngineUnavailable,
 )
+from kiisrv.proxy.policy import LABEL_INSTANCE, NOT_OURS
 
 log = logging.getLogger("kiisrv.engine")
 T = TypeVar("T")

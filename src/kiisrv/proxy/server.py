@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from kiisrv.enginepolicy import (
+from kiisrv.proxy.policy import (
     MAX_ARCHIVE_BODY,
     MAX_CREATE_BODY,
     NOT_OURS,

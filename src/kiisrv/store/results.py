@@ -39,10 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from kiisrv import rollups
+from kiisrv.cluster.wire import Forged, Wire
 from kiisrv.jobs import Job, JobState
-from kiisrv.requests_store import PostgresRequests
-from kiisrv.wire import Forged, Wire
+from kiisrv.store import rollups
+from kiisrv.store.requests import PostgresRequests
 
 log = logging.getLogger("kiisrv.results")
 

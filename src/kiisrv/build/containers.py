@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kiisrv.enginepolicy import LABEL_INSTANCE, LABEL_MANAGED
+from kiisrv.proxy.policy import LABEL_INSTANCE, LABEL_MANAGED
 from kiisrv.settings import Settings
 
 # The build's own folder (an anonymous volume: writable with a read-only root

@@ -57,21 +57,21 @@ from arq.jobs import SerializationError
 from arq.worker import Worker, func
 from redis.exceptions import RedisError, ResponseError
 
-from kiisrv.artifacts import write_bytes
-from kiisrv.catalog import Available, Catalog
-from kiisrv.engine import Engine
+from kiisrv.build.catalog import Available, Catalog
+from kiisrv.build.engine import Engine
+from kiisrv.build.fairness import RedisTurns
+from kiisrv.build.queue import InFlight, InFlightQueue
+from kiisrv.build.runner import Runner
+from kiisrv.cluster.wire import Advert, Forged, PlanRecord, Wire, plan_from_record, release_of
 from kiisrv.errors import EngineError, KiisrvError, StorageError, Unavailable
-from kiisrv.fairness import RedisTurns
 from kiisrv.jobs import Job, JobState
-from kiisrv.planner import Plan
-from kiisrv.queue import InFlight, InFlightQueue
-from kiisrv.results import ResultStore, Stored, fresh
-from kiisrv.retention import prune
-from kiisrv.runner import Runner
+from kiisrv.recipe.planner import Plan
+from kiisrv.recipe.versions import DEFAULT_VERSIONS, ReleaseInfo, Version
 from kiisrv.settings import Settings
-from kiisrv.storage import Storage, now
-from kiisrv.versions import DEFAULT_VERSIONS, ReleaseInfo, Version
-from kiisrv.wire import Advert, Forged, PlanRecord, Wire, plan_from_record, release_of
+from kiisrv.store.artifacts import write_bytes
+from kiisrv.store.results import ResultStore, Stored, fresh
+from kiisrv.store.retention import prune
+from kiisrv.store.storage import Storage, now
 
 log = logging.getLogger("kiisrv.distributed")
 

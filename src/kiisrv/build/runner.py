@@ -27,16 +27,16 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from kiisrv import diagnose
-from kiisrv.artifacts import log_tail, publish, write_zip
-from kiisrv.buildio import MAX_ARCHIVE_BYTES, UnsafeOutput, extract_output, input_archive
-from kiisrv.containers import IO_DIR, OUT_DIR, WORK_SUBDIR, build_container_spec
-from kiisrv.engine import Engine
+from kiisrv.build.buildio import MAX_ARCHIVE_BYTES, UnsafeOutput, extract_output, input_archive
+from kiisrv.build.containers import IO_DIR, OUT_DIR, WORK_SUBDIR, build_container_spec
+from kiisrv.build.engine import Engine
 from kiisrv.errors import EngineNotFound, EngineTimeout, KiisrvError, NotFound
 from kiisrv.jobs import Job, JobState
-from kiisrv.planner import Plan
+from kiisrv.recipe import diagnose
+from kiisrv.recipe.planner import Plan
 from kiisrv.settings import Settings
-from kiisrv.storage import Storage, now
+from kiisrv.store.artifacts import log_tail, publish, write_zip
+from kiisrv.store.storage import Storage, now
 
 log = logging.getLogger("kiisrv.runner")
 

@@ -36,10 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from kiisrv import requests_store, rollups
 from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
-from kiisrv.requests_store import (
+from kiisrv.recipe.versions import Version
+from kiisrv.store import requests as requests_store
+from kiisrv.store import rollups
+from kiisrv.store.requests import (
     SQLITE_SCHEMA,
     RequestsStore,
     open_store,
@@ -47,7 +49,6 @@ from kiisrv.requests_store import (
     sqlite_errors,
     sqlite_migrate,
 )
-from kiisrv.versions import Version
 
 P = ParamSpec("P")
 T = TypeVar("T")

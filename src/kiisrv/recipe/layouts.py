@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from kiisrv.errors import InvalidLayout, NotFound
-from kiisrv.layout import Layout, parse_layout
+from kiisrv.recipe.layout import Layout, parse_layout
 
 _FILE_RE = re.compile(r"^[A-Za-z0-9_.\- ]{1,128}\.json$")
 # The upstream kiisrv repository's layouts, pinned: the files the Configurator expects.

@@ -40,11 +40,11 @@ from pydantic import (
     model_validator,
 )
 
-from kiisrv import kll
-from kiisrv.catalog import Available
+from kiisrv.build.catalog import Available
 from kiisrv.jobs import Job, JobState
-from kiisrv.planner import Plan
-from kiisrv.versions import ReleaseInfo, Version
+from kiisrv.recipe import kll
+from kiisrv.recipe.planner import Plan
+from kiisrv.recipe.versions import ReleaseInfo, Version
 
 MIN_KEY_LENGTH = 32
 

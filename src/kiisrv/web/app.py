@@ -24,7 +24,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiisrv import __version__, canary, metrics, stats, status
+from kiisrv import __version__
+from kiisrv.build.ratelimit import client_address
 from kiisrv.core import Kiisrv, Outcome
 from kiisrv.errors import (
     BuildFailed,
@@ -34,11 +35,13 @@ from kiisrv.errors import (
     PayloadTooLarge,
     Unavailable,
 )
-from kiisrv.httpguard import HttpRules, read_body
-from kiisrv.layout import request_schema
-from kiisrv.ratelimit import client_address
+from kiisrv.recipe.layout import request_schema
 from kiisrv.settings import Settings
-from kiisrv.storage import RequestRecord, now
+from kiisrv.store import stats
+from kiisrv.store.storage import RequestRecord, now
+from kiisrv.tools import canary
+from kiisrv.web import metrics, status
+from kiisrv.web.httpguard import HttpRules, read_body
 
 log = logging.getLogger("kiisrv.http")
 

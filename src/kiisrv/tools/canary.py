@@ -26,11 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from kiisrv import __version__, kll
-from kiisrv.artifacts import artifact_path
+from kiisrv import __version__
 from kiisrv.errors import ClientError, KiisrvError, NotFound
 from kiisrv.jobs import Job, JobState
-from kiisrv.planner import Plan
+from kiisrv.recipe import kll
+from kiisrv.recipe.planner import Plan
+from kiisrv.store.artifacts import artifact_path
 
 if TYPE_CHECKING:
     from kiisrv.core import Kiisrv

@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiisrv import kll
 from kiisrv.errors import KiisrvError
-from kiisrv.layout import parse_layout
-from kiisrv.layouts import LayoutStore
-from kiisrv.versions import Version
+from kiisrv.recipe import kll
+from kiisrv.recipe.layout import parse_layout
+from kiisrv.recipe.layouts import LayoutStore
+from kiisrv.recipe.versions import Version
 
 # The scripts the images warm for any layout; icpad.bash is not in every release.
 GENERIC_SCRIPTS = (
@@ -122,7 +122,7 @@ class WarmInput:
 def versions_of(tag: str | None) -> list[Version]:
     """The versions one image (its release tag) builds; for a tag none of them has (the
     test double's), the latest and lts channels."""
-    from kiisrv.versions import DEFAULT_VERSIONS
+    from kiisrv.recipe.versions import DEFAULT_VERSIONS
 
     found = [v for v in DEFAULT_VERSIONS if tag and v.git_tag == tag]
     return found or [v for v in DEFAULT_VERSIONS if v.name in ("latest", "lts")]
@@ -131,8 +131,8 @@ def versions_of(tag: str | None) -> list[Version]:
 def stock_inputs(layouts_dir: Path, versions: Iterable[Version]) -> list[WarmInput]:
     """Every stock layout a user can pick, as each of ``versions`` builds it (what the
     server would refuse for a version is left out); the same inputs once."""
-    from kiisrv import support
-    from kiisrv.canary import layout_files
+    from kiisrv.recipe import support
+    from kiisrv.tools.canary import layout_files
 
     store = LayoutStore(layouts_dir)
     seen: set[tuple[tuple[kll.KllFile, ...], kll.BuildParams]] = set()
@@ -179,7 +179,7 @@ def render(configs: Iterable[WarmConfig]) -> str:
         "# script <TAB> Layout <TAB> DefaultMapOverride <TAB> PartialMapsExpandedOverride",
         "# (- for empty: the script's default Layout; the script's own stock partial maps)",
         "# Generic trees only: the stock layouts' own come from `kiisrv warm-inputs`.",
-        "# Made by `kiisrv warm-list` (src/kiisrv/warmlist.py): do not edit.",
+        "# Made by `kiisrv warm-list` (src/kiisrv/tools/warmlist.py): do not edit.",
     ]
     lines += [c.line() for c in configs]
     return "\n".join(lines) + "\n"

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from kiisrv import privacy
+from kiisrv.build.ratelimit import limit_key
 from kiisrv.errors import Unavailable
-from kiisrv.ratelimit import limit_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -36,9 +36,9 @@ from typing import Any
 import anyio.to_thread
 
 from kiisrv.errors import KiisrvError
-from kiisrv.layouts import LayoutStore
-from kiisrv.requests_store import WRITE_AT_MOST
-from kiisrv.storage import RequestRecord, Storage
+from kiisrv.recipe.layouts import LayoutStore
+from kiisrv.store.requests import WRITE_AT_MOST
+from kiisrv.store.storage import RequestRecord, Storage
 
 log = logging.getLogger("kiisrv.stats")
 

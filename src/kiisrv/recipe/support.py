@@ -18,11 +18,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kiisrv import firmware, kll
 from kiisrv.errors import Unsupported
-from kiisrv.kll import board_name
-from kiisrv.layout import Layout
-from kiisrv.versions import DEFAULT_VERSIONS, Version
+from kiisrv.recipe import firmware, kll
+from kiisrv.recipe.kll import board_name
+from kiisrv.recipe.layout import Layout
+from kiisrv.recipe.versions import DEFAULT_VERSIONS, Version
 
 
 @dataclass(frozen=True)

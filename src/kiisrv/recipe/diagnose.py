@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kiisrv.kll import KllFile
+from kiisrv.recipe.kll import KllFile
 
 _STAGE = re.compile(
     r"OperationSpecificsStage:(?P<stage>parse|tokenize) -> \S*@\['layer-(?P<layer>\d+)'\]"
