@@ -465,11 +465,10 @@ def generate(layouts: Path, seed: int, counts: dict[str, int], keys: Keys) -> li
 
 def dry_run(cases: list[Case], layouts: Path, keep: Path | None) -> None:
     """Plans each request as the server would (refusals up front, KLL generated)."""
-    from kiisrv.build.catalog import Available
     from kiisrv.errors import ClientError
     from kiisrv.recipe.layouts import LayoutStore
     from kiisrv.recipe.planner import Planner
-    from kiisrv.recipe.versions import Version
+    from kiisrv.recipe.versions import Available, Version
 
     targets = {
         "latest": Available(

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
-from kiisrv.build.catalog import Available
 from kiisrv.build.containers import build_container_spec
 from kiisrv.errors import Unavailable, UnknownKeyboard
 from kiisrv.recipe.layouts import LayoutStore
 from kiisrv.recipe.planner import Planner
-from kiisrv.recipe.versions import Version
+from kiisrv.recipe.versions import Available, Version
 from kiisrv.settings import Settings
 from kiisrv.tools import canary
 from tests.helpers import ktype, mdergo1, request

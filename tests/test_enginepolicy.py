@@ -17,10 +17,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from kiisrv.build.containers import LABEL_INSTANCE, LABEL_MANAGED, build_container_spec
+from kiisrv.build.containers import LABEL_INSTANCE, LABEL_MANAGED, NOT_OURS, build_container_spec
 from kiisrv.build.engine import Engine
 from kiisrv.proxy.policy import (
-    NOT_OURS,
     Kind,
     Policy,
     Refused,

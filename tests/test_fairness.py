@@ -9,7 +9,9 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from kiisrv.build.fairness import FairSlots, RedisTurns, client_of
+from kiisrv.build.fairness import FairSlots
+from kiisrv.clients import client_of
+from kiisrv.cluster.turns import RedisTurns
 from tests.helpers import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from kiisrv.build.catalog import Available
 from kiisrv.errors import InvalidLayout, Unsupported
 from kiisrv.recipe.layouts import LayoutStore
 from kiisrv.recipe.planner import Planner
-from kiisrv.recipe.versions import Version
+from kiisrv.recipe.versions import Available, Version
 from tests.helpers import (
     CLIENT_FILENAME_RE,
     CONFORMANCE,

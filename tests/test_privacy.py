@@ -15,7 +15,8 @@ import pytest
 from kiisrv import privacy
 from kiisrv.core import Kiisrv
 from kiisrv.settings import Settings
-from kiisrv.store.storage import RequestRecord, Storage
+from kiisrv.store.requests import RequestRecord
+from kiisrv.store.storage import Storage
 from tests.helpers import app_client
 
 pytestmark = pytest.mark.anyio

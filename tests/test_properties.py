@@ -10,12 +10,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kiisrv.build.catalog import Available
 from kiisrv.errors import InvalidLayout
 from kiisrv.recipe import kll
 from kiisrv.recipe.layout import parse_layout, parse_request
 from kiisrv.recipe.planner import request_hash
-from kiisrv.recipe.versions import Version
+from kiisrv.recipe.versions import Available, Version
 from tests.helpers import FIXTURE_LAYOUTS, header
 
 BASE = parse_layout(json.loads((FIXTURE_LAYOUTS / "KType-TestBase.json").read_bytes()))

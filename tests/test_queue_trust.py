@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from kiisrv.build.catalog import Available
 from kiisrv.cluster import distributed, wire
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.kll import BuildParams, KllFile
 from kiisrv.recipe.planner import Plan
-from kiisrv.recipe.versions import Version
+from kiisrv.recipe.versions import Available, Version
 from kiisrv.settings import Settings
 from kiisrv.store.results import ResultStore
 from tests.helpers import QUEUE_KEY, RedisServer

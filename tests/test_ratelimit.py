@@ -12,16 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from kiisrv.build.ratelimit import (
-    KEY_PREFIX,
-    RateLimiter,
-    RedisRateLimiter,
-    client_address,
-    limit_key,
-    make_limiter,
-    parse_networks,
-)
+from kiisrv.assembly import limiter as make_limiter
+from kiisrv.build.ratelimit import RateLimiter
+from kiisrv.clients import client_address, limit_key, parse_networks
 from kiisrv.cluster import distributed
+from kiisrv.cluster.ratelimit import KEY_PREFIX, RedisRateLimiter
 from kiisrv.errors import RateLimited
 from kiisrv.settings import Settings
 from tests.helpers import RedisServer, redis_contents

@@ -18,8 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from kiisrv.store.requests import RequestRecord
 from kiisrv.store.stats import JOURNAL_COMPACT_AT, StatsRecorder
-from kiisrv.store.storage import RequestRecord, Storage
+from kiisrv.store.storage import Storage
 
 pytestmark = pytest.mark.anyio
 

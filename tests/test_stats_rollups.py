@@ -24,8 +24,9 @@ from kiisrv.core import Kiisrv
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
 from kiisrv.store import stats
-from kiisrv.store.requests import PostgresRequests
-from kiisrv.store.storage import RequestRecord, Storage
+from kiisrv.store.db import PostgresDatabase
+from kiisrv.store.requests import RequestRecord
+from kiisrv.store.storage import Storage
 from kiisrv.web import metrics
 from tests.helpers import app_client, postgres_paused, postgres_server
 
@@ -247,7 +248,7 @@ async def test_postgres_calls_have_a_statement_timeout(tmp_path: Path, stats_url
     storage = Storage(tmp_path / "stats.db", tmp_path / "config.db", stats_url, 2)
     try:
         assert storage.query_requests("SHOW statement_timeout") == [("2s",)]
-        assert isinstance(storage.requests, PostgresRequests)
+        assert isinstance(storage.requests, PostgresDatabase)
         libpq = storage.requests.parameters()
         assert libpq["keepalives"] == "1" and int(libpq["keepalives_idle"]) > 0
     finally:

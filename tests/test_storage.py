@@ -9,7 +9,8 @@ from pathlib import Path
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.versions import DEFAULT_VERSIONS
 from kiisrv.store import stats
-from kiisrv.store.storage import RequestRecord, Storage
+from kiisrv.store.requests import RequestRecord
+from kiisrv.store.storage import Storage
 
 
 def open_storage(tmp_path: Path) -> Storage:

@@ -168,10 +168,10 @@ def test_every_stock_layout_a_version_builds_gets_a_tree_of_its_own(
 ) -> None:
     """Each stock layout (variants included) as the image's versions build it: the
     request the server makes of it, byte for byte (its .kll files, its parameters)."""
-    from kiisrv.build.catalog import Available
     from kiisrv.errors import KiisrvError
     from kiisrv.recipe.layouts import LayoutStore
     from kiisrv.recipe.planner import Planner
+    from kiisrv.recipe.versions import Available
     from kiisrv.tools.canary import layout_files
 
     layouts = CONFORMANCE / "layouts"

@@ -27,18 +27,17 @@ from typing import Any
 
 import anyio.to_thread
 
-from kiisrv import privacy
-from kiisrv.build import fairness
-from kiisrv.build.catalog import Available, Catalog
+from kiisrv import assembly, privacy
+from kiisrv.build.catalog import Catalog
 from kiisrv.build.engine import Engine
 from kiisrv.build.queue import BuildQueue, LocalQueue
-from kiisrv.build.ratelimit import make_limiter
 from kiisrv.build.runner import Runner
+from kiisrv.clients import client_of
 from kiisrv.errors import NotFound, StorageError, Unavailable, UnknownVersion
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.layouts import BaseFile, LayoutStore
 from kiisrv.recipe.planner import Plan, Planner
-from kiisrv.recipe.versions import DEFAULT_VERSIONS
+from kiisrv.recipe.versions import DEFAULT_VERSIONS, Available
 from kiisrv.settings import Settings
 from kiisrv.store.artifacts import artifact_path, write_bytes
 from kiisrv.store.results import ResultStore, hash_of
@@ -121,7 +120,7 @@ class Kiisrv:
         self.stats = StatsRecorder(self.storage, settings.data_dir / "requests.journal")
         self.client_key = privacy.load_key_file(settings.client_key_path)
         # With a queue the window is in its Redis, shared by every API server.
-        self.limiter = make_limiter(settings, self.client_key, redis)
+        self.limiter = assembly.limiter(settings, self.client_key, redis)
         self._answered: dict[str, float] = {}
         self._seen: OrderedDict[tuple[str, bytes], _Seen] = OrderedDict()
         self._envs: OrderedDict[bytes, str] = OrderedDict()
@@ -202,7 +201,7 @@ class Kiisrv:
             await self.limiter.take(client)
         if client:  # whose turns it takes (fairness.py)
             prefix = self.settings.rate_limit_ipv6_prefix
-            plan = replace(plan, client=fairness.client_of(self.client_key, client, prefix))
+            plan = replace(plan, client=client_of(self.client_key, client, prefix))
         job = await self.queue.submit(plan)
         self._answer(job.hash)
         duration = int((time.monotonic() - started) * 1000)

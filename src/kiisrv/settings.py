@@ -23,7 +23,7 @@ from pydantic import Field, SecretStr, StrictBool, ValidationError, field_valida
 from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from kiisrv.build.ratelimit import Network, parse_networks
+from kiisrv.clients import Network, parse_networks
 
 _KEEP_EMPTY: JsonDict = {"empty_is_value": True}
 

@@ -23,7 +23,6 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from kiisrv.build.buildio import UnsafeOutput, single_file
 from kiisrv.build.containers import release_reader_spec
@@ -32,6 +31,7 @@ from kiisrv.errors import KiisrvError, StorageError, UnknownVersion
 from kiisrv.recipe.versions import (
     MAX_RELEASE_FILE,
     RELEASE_FILE,
+    Available,
     ReleaseInfo,
     Version,
     release_from_file,
@@ -48,14 +48,6 @@ RETRY_AFTER = 60.0
 _MAX_ARCHIVE = MAX_RELEASE_FILE + 16 * 1024
 _UNUSABLE = b""  # stored for a path that is no plain file of at most MAX_RELEASE_FILE
 _RELEASE_NAME = RELEASE_FILE.rsplit("/", 1)[1]
-
-
-@dataclass(frozen=True)
-class Available:
-    version: Version
-    image: str
-    image_id: str
-    info: ReleaseInfo | None
 
 
 class Catalog:

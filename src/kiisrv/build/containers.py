@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kiisrv.proxy.policy import LABEL_INSTANCE, LABEL_MANAGED
 from kiisrv.settings import Settings
 
 # The build's own folder (an anonymous volume: writable with a read-only root
@@ -22,10 +21,18 @@ IN_DIR = f"{IO_DIR}/config"
 OUT_DIR = f"{IO_DIR}/builds"
 WORK_SUBDIR = ".work"
 
+# The labels that make a container this deployment's (the socket proxy checks them:
+# proxy/policy.py).
+LABEL_MANAGED = "io.kiisrv.managed"
+LABEL_INSTANCE = "io.kiisrv.instance"
 LABEL_HASH = "io.kiisrv.hash"
 # What a container of kiisrv's is for, when it is not a build: "release" (the reader of
 # an image's release file, release_reader_spec).
 LABEL_PURPOSE = "io.kiisrv.purpose"
+# The socket proxy's one answer to a container reference that is not exactly one of
+# this deployment's, whatever the engine knows of it; the engine client reads it as
+# "not found" (a build container gone).
+NOT_OURS = "no container of this deployment by that reference"
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from docker import DockerClient
 from docker.types import LogConfig, Mount
 
 from kiisrv.build.buildio import UnsafeOutput
-from kiisrv.build.containers import ContainerSpec
+from kiisrv.build.containers import LABEL_INSTANCE, NOT_OURS, ContainerSpec
 from kiisrv.errors import (
     EngineConflict,
     EngineError,
@@ -40,7 +40,6 @@ from kiisrv.errors import (
     EngineTimeout,
     EngineUnavailable,
 )
-from kiisrv.proxy.policy import LABEL_INSTANCE, NOT_OURS
 
 log = logging.getLogger("kiisrv.engine")
 T = TypeVar("T")

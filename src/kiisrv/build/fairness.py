@@ -13,36 +13,16 @@ client's admitted build comes first: round-robin by client.
 On one server the slots themselves take turns (``FairSlots``). In a cluster the
 workers take builds from Redis in arrival order, so fairness is in what gets there:
 every API server admits a client's builds through the same Redis sorted set per
-client (``RedisTurns``), at most its share at once; its entries are leases renewed
+client (``cluster.turns.RedisTurns``), at most its share at once; its entries are leases renewed
 while the build is admitted, so a killed API server's turns end on their own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
-
-from redis.exceptions import RedisError
-
-from kiisrv import privacy
-from kiisrv.build.ratelimit import limit_key
-from kiisrv.errors import Unavailable
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-
-def client_of(key: bytes, address: str, ipv6_prefix: int = 64) -> str | None:
-    """Whose turns a request takes: a pseudonym of its rate-limit identity, under a
-    purpose of its own (never joinable to a statistics row); None without an address."""
-    if not address:
-        return None
-    return privacy.pseudonym(key, f"turns {limit_key(address, ipv6_prefix)}")
 
 
 class FairSlots:
@@ -124,68 +104,3 @@ class FairSlots:
             del self._lines[client]
             if client not in self._running:
                 self._served.pop(client, None)
-
-
-# Atomically: forget expired turns, then take one if fewer than ARGV[3] are held.
-_TAKE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[4]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-  return 1
-end
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-  redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[2]) * 1000))
-  return 1
-end
-return 0
-"""
-KEY_PREFIX = "kiisrv:turns:"
-
-
-class RedisTurns:
-    """Every API server's lines in one Redis: a sorted set per client of the builds
-    admitted, each scored by when its lease ends (renewed while admitted)."""
-
-    def __init__(self, redis: Redis, per_client: int, lease: float, poll: float = 0.25) -> None:
-        self.redis = redis
-        self.per_client = max(1, per_client)
-        self.lease = lease
-        self.poll = poll
-        self._take = redis.register_script(_TAKE)
-
-    async def _try(self, key: str, build: str) -> bool:
-        now = time.time()
-        try:
-            taken = await self._take(
-                keys=[key], args=[now, now + self.lease, self.per_client, build]
-            )
-        except RedisError:
-            raise Unavailable(
-                "the build queue (Redis) cannot be reached; try again shortly", retry_after=30
-            ) from None
-        return bool(taken)
-
-    @asynccontextmanager
-    async def turn(self, client: str | None, build: str) -> AsyncIterator[None]:
-        if client is None:
-            yield
-            return
-        key = KEY_PREFIX + client
-        while not await self._try(key, build):
-            await asyncio.sleep(self.poll)
-        keeper = asyncio.create_task(self._keep(key, build))
-        try:
-            yield
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            with contextlib.suppress(Exception):  # the lease ends on its own
-                await self.redis.zrem(key, build)
-
-    async def _keep(self, key: str, build: str) -> None:
-        while True:
-            await asyncio.sleep(self.lease / 3)
-            with contextlib.suppress(Exception):  # an outage: the lease may end meanwhile
-                await self._try(key, build)

@@ -57,16 +57,16 @@ from arq.jobs import SerializationError
 from arq.worker import Worker, func
 from redis.exceptions import RedisError, ResponseError
 
-from kiisrv.build.catalog import Available, Catalog
+from kiisrv.build.catalog import Catalog
 from kiisrv.build.engine import Engine
-from kiisrv.build.fairness import RedisTurns
 from kiisrv.build.queue import InFlight, InFlightQueue
 from kiisrv.build.runner import Runner
+from kiisrv.cluster.turns import RedisTurns
 from kiisrv.cluster.wire import Advert, Forged, PlanRecord, Wire, plan_from_record, release_of
 from kiisrv.errors import EngineError, KiisrvError, StorageError, Unavailable
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.planner import Plan
-from kiisrv.recipe.versions import DEFAULT_VERSIONS, ReleaseInfo, Version
+from kiisrv.recipe.versions import DEFAULT_VERSIONS, Available, ReleaseInfo, Version
 from kiisrv.settings import Settings
 from kiisrv.store.artifacts import write_bytes
 from kiisrv.store.results import ResultStore, Stored, fresh

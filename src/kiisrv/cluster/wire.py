@@ -40,11 +40,10 @@ from pydantic import (
     model_validator,
 )
 
-from kiisrv.build.catalog import Available
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe import kll
 from kiisrv.recipe.planner import Plan
-from kiisrv.recipe.versions import ReleaseInfo, Version
+from kiisrv.recipe.versions import Available, ReleaseInfo, Version
 
 MIN_KEY_LENGTH = 32
 

@@ -39,9 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-# The labels that make a container this deployment's (containers.py sets them).
-LABEL_MANAGED = "io.kiisrv.managed"
-LABEL_INSTANCE = "io.kiisrv.instance"
+from kiisrv.build.containers import LABEL_INSTANCE, LABEL_MANAGED, NOT_OURS
 
 # Largest create body read (kiisrv's are about 2 KB).
 MAX_CREATE_BODY = 256 * 1024
@@ -50,9 +48,6 @@ MAX_CREATE_BODY = 256 * 1024
 MAX_ARCHIVE_BODY = 64 * 1024 * 1024
 # Older API versions took a HostConfig on start (privileged, binds): never let one in.
 MIN_API_VERSION = (1, 24)
-# The one answer to a container reference that is not exactly one of ours, whatever the
-# engine knows of it. Engine.py reads it as "not found" (a build container gone).
-NOT_OURS = "no container of this deployment by that reference"
 # The only tmpfs a build gets, and the options it may have.
 TMPFS_TARGET = "/tmp"
 _TMPFS_FLAGS = {"exec", "noexec", "nosuid", "nodev", "rw"}

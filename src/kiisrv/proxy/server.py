@@ -34,10 +34,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from kiisrv.build.containers import NOT_OURS
 from kiisrv.proxy.policy import (
     MAX_ARCHIVE_BODY,
     MAX_CREATE_BODY,
-    NOT_OURS,
     Call,
     Ceilings,
     Kind,

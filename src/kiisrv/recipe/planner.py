@@ -12,12 +12,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kiisrv.build.catalog import Available
 from kiisrv.errors import InvalidLayout
 from kiisrv.jobs import Job
 from kiisrv.recipe import kll, support
 from kiisrv.recipe.layout import BuildRequest, Layout, parse_request
 from kiisrv.recipe.layouts import BaseFile, LayoutStore
+from kiisrv.recipe.versions import Available
 
 # The version of what turns a request into firmware on this side: the KLL generation,
 # the build parameters and the rules that pick them. Part of every build's hash, so a

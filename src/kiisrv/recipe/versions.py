@@ -144,3 +144,14 @@ def release_from_file(raw: bytes) -> ReleaseInfo:
         bcd=bcd(commit),
         notes=f"https://github.com/kiibohd/controller/releases/tag/{tag}",
     )
+
+
+@dataclass(frozen=True)
+class Available:
+    """A version a build can be made for now: its controller image (name and id, the id
+    being what a build is keyed on) and that image's release details."""
+
+    version: Version
+    image: str
+    image_id: str
+    info: ReleaseInfo | None

@@ -21,7 +21,7 @@ write access to the database is not a way to replace firmware either. Retention 
 the cluster's: every API server prunes rows unused for ``KIISRV_RETENTION_DAYS`` and,
 least recently used first, past ``KIISRV_RETENTION_BYTES``.
 
-Every call is blocking and bounded (requests_store.PostgresRequests: statement
+Every call is blocking and bounded (store/db.py PostgresDatabase: statement
 timeout, keepalives, a deadline), run on this store's own thread; a failure is a
 StorageError (503 + Retry-After) and never a result.
 """
@@ -42,7 +42,7 @@ from typing import ParamSpec, TypeVar
 from kiisrv.cluster.wire import Forged, Wire
 from kiisrv.jobs import Job, JobState
 from kiisrv.store import rollups
-from kiisrv.store.requests import PostgresRequests
+from kiisrv.store.db import PostgresDatabase
 
 log = logging.getLogger("kiisrv.results")
 
@@ -80,7 +80,7 @@ class ResultStore:
     """The cluster's results, in the PostgreSQL of ``KIISRV_STORE_URL``."""
 
     def __init__(self, url: str, wire: Wire, timeout: float = 5.0) -> None:
-        self._db = PostgresRequests(url, timeout, schema=False, what="result store")
+        self._db = PostgresDatabase(url, timeout, what="result store")
         self._wire = wire
         self._ready = False
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="kiisrv-results")

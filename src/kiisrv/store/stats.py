@@ -37,8 +37,8 @@ import anyio.to_thread
 
 from kiisrv.errors import KiisrvError
 from kiisrv.recipe.layouts import LayoutStore
-from kiisrv.store.requests import WRITE_AT_MOST
-from kiisrv.store.storage import RequestRecord, Storage
+from kiisrv.store.requests import WRITE_AT_MOST, RequestRecord
+from kiisrv.store.storage import Storage
 
 log = logging.getLogger("kiisrv.stats")
 

@@ -4,7 +4,7 @@ Requests by default).
 The Requests table keeps the reference schema so existing statistics carry over.
 Builds is new: one row per distinct build, so that a build accepted before a restart
 can still be reported (as failed, with the reason) after it. The Requests rows go
-through ``requests`` (requests_store.py): ``stats.db`` too, or the PostgreSQL database
+through ``requests`` (requests.py): ``stats.db`` too, or the PostgreSQL database
 all API servers share when ``KIISRV_STATS_URL`` is set.
 
 Three lanes, each a thread and connections of its own, so that none waits for another:
@@ -31,7 +31,6 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -41,12 +40,12 @@ from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.versions import Version
 from kiisrv.store import requests as requests_store
 from kiisrv.store import rollups
+from kiisrv.store.db import SqliteDatabase, sqlite_connect, sqlite_errors
 from kiisrv.store.requests import (
     SQLITE_SCHEMA,
+    RequestRecord,
     RequestsStore,
     open_store,
-    sqlite_connect,
-    sqlite_errors,
     sqlite_migrate,
 )
 
@@ -91,25 +90,6 @@ CREATE TABLE IF NOT EXISTS Builds (
 _PRUNE_BUILDS_AT_MOST = 1000
 
 
-@dataclass(frozen=True)
-class RequestRecord:
-    ip_addr: str
-    os: str
-    web: bool
-    hash: str
-    board: str
-    variant: str
-    layers: int
-    container: str
-    success: bool
-    request_time: datetime
-    build_duration: int | None
-    # A cache hit is counted, not listed: the UTC day it was answered on, and how many
-    # such requests the row stands for (requests_store.record adds rows of one key up).
-    hit_day: str | None = None
-    n: int = 1
-
-
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -141,7 +121,7 @@ class Storage:
             _migrate_builds(self._stats)
             self._config = sqlite_connect(config_db, _CONFIG_SCHEMA)
             # The pages' lane: stats.db read-only (Builds; Requests too without a URL).
-            self._reader = requests_store.SqliteRequests(stats_db, reader=True)
+            self._reader = SqliteDatabase(stats_db, reader=True, where="SQLite (stats.db)")
         # The Requests rows: in stats.db, or in the PostgreSQL all API servers share;
         # a connection to write them and one for the pages.
         self.requests: RequestsStore = open_store(stats_url, stats_db, timeout=statement_timeout)

@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiisrv import __version__
-from kiisrv.build.ratelimit import client_address
+from kiisrv.clients import client_address
 from kiisrv.core import Kiisrv, Outcome
 from kiisrv.errors import (
     BuildFailed,
@@ -38,7 +38,8 @@ from kiisrv.errors import (
 from kiisrv.recipe.layout import request_schema
 from kiisrv.settings import Settings
 from kiisrv.store import stats
-from kiisrv.store.storage import RequestRecord, now
+from kiisrv.store.requests import RequestRecord
+from kiisrv.store.storage import now
 from kiisrv.tools import canary
 from kiisrv.web import metrics, status
 from kiisrv.web.httpguard import HttpRules, read_body

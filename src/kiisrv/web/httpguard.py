@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from kiisrv.build.ratelimit import Network, is_trusted, limit_key
+from kiisrv.clients import Network, is_trusted, limit_key
 
 log = logging.getLogger("kiisrv.http")
 
