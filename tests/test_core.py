@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kiisrv import core
 from kiisrv.build.engine import Engine
 from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
+from kiisrv.store import results as folder_results
 from kiisrv.store.storage import Storage
 from tests.helpers import CLIENT_FILENAME_RE, app_client, eventually, on_loop
 
@@ -100,7 +100,7 @@ async def test_the_pruner_survives_a_storage_error_and_stop_still_shuts_down(
 ) -> None:
     """#8.5: one failed prune is logged; the next runs; stop() does not re-raise it."""
     calls = 0
-    real_prune = core.prune
+    real_prune = folder_results.prune
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
@@ -109,7 +109,7 @@ async def test_the_pruner_survives_a_storage_error_and_stop_still_shuts_down(
             raise StorageError("the server cannot use its database: database is locked")
         return real_prune(*args, **kwargs)
 
-    monkeypatch.setattr(core, "prune", flaky)
+    monkeypatch.setattr(folder_results, "prune", flaky)
 
     async def count() -> int:
         return calls

@@ -16,13 +16,15 @@ from typing import Any
 
 import pytest
 
-from kiisrv.cluster import distributed, wire
+from kiisrv.cluster import catalog as cluster_catalog
+from kiisrv.cluster import keys, wire
+from kiisrv.cluster import results as cluster_results
+from kiisrv.cluster.results import ResultStore
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.kll import BuildParams, KllFile
 from kiisrv.recipe.planner import Plan
 from kiisrv.recipe.versions import Available, Version
 from kiisrv.settings import Settings
-from kiisrv.store.results import ResultStore
 from tests.helpers import QUEUE_KEY, RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -49,13 +51,13 @@ async def test_a_pickled_job_planted_in_redis_is_never_unpickled(
     from arq.jobs import DeserializationError, deserialize_job_raw
 
     marker = tmp_path / "pwned"
-    redis = distributed.connect(redis.url)
+    redis = keys.connect(redis.url)
     planted = pickle.dumps(
-        {"t": 1, "f": distributed.BUILD_FUNCTION, "a": [_Payload(marker)], "k": {}, "et": 0}
+        {"t": 1, "f": keys.BUILD_FUNCTION, "a": [_Payload(marker)], "k": {}, "et": 0}
     )
     await redis.set(job_key_prefix + "planted", planted)
     raw = await redis.get(job_key_prefix + "planted")
-    assert redis.job_deserializer is distributed.job_deserializer
+    assert redis.job_deserializer is keys.job_deserializer
     with pytest.raises(DeserializationError):
         deserialize_job_raw(raw, deserializer=redis.job_deserializer)
     assert not marker.exists()
@@ -66,12 +68,12 @@ async def test_a_pickled_job_planted_in_redis_is_never_unpickled(
 async def test_jobs_are_enqueued_as_json(redis: RedisServer) -> None:
     from arq.constants import job_key_prefix
 
-    redis = distributed.connect(redis.url)
-    await redis.enqueue_job(distributed.BUILD_FUNCTION, '{"plan": 1}', "sig", _job_id="h1")
+    redis = keys.connect(redis.url)
+    await redis.enqueue_job(keys.BUILD_FUNCTION, '{"plan": 1}', "sig", _job_id="h1")
     stored = await redis.get(job_key_prefix + "h1")
     assert json.loads(stored)["a"] == ['{"plan": 1}', "sig"]
     with pytest.raises(ValueError):
-        distributed.job_deserializer(pickle.dumps({"f": "x"}))
+        keys.job_deserializer(pickle.dumps({"f": "x"}))
 
 
 # -- signed records ----------------------------------------------------------------------
@@ -202,18 +204,18 @@ async def test_a_result_planted_in_redis_is_deleted_not_served(
     """One HSET used to replace a layout's firmware for every API server. Zips are no
     longer read from Redis at all (results.py); what is planted under a result's key
     is deleted, and a stored firmware is served as its worker signed it."""
-    redis = distributed.connect(redis.url)
+    redis = keys.connect(redis.url)
     w = wire.Wire(QUEUE_KEY)
     store = ResultStore(stats_url, w)
-    key = distributed.result_key(HASH)
+    key = keys.result_key(HASH)
     job = json.dumps(wire.job_to_dict(_finished()))
     await redis.hset(key, mapping={"job": job, "zip": b"PK evil"})  # type: ignore[misc]
-    assert await distributed.stored_result(redis, store, HASH, any_firmware=True) is None
+    assert await cluster_results.stored_result(redis, store, HASH, any_firmware=True) is None
     assert not await redis.exists(key)
 
     await store.put(_finished(), b"PK good")
     await redis.hset(key, mapping={"job": job, "zip": b"PK evil"})  # type: ignore[misc]
-    found = await distributed.stored_result(redis, store, HASH, any_firmware=True)
+    found = await cluster_results.stored_result(redis, store, HASH, any_firmware=True)
     assert found is not None and found.data == b"PK good"
     await redis.aclose()
     await store.close()
@@ -221,14 +223,14 @@ async def test_a_result_planted_in_redis_is_deleted_not_served(
 
 async def test_a_planted_worker_advert_is_ignored(redis: RedisServer) -> None:
     """A fake worker would announce versions and send their builds to a dead queue."""
-    redis = distributed.connect(redis.url)
+    redis = keys.connect(redis.url)
     w = wire.Wire(QUEUE_KEY)
     advert = {"id": "real", "images": {IMAGE_ID: {"controller-057": None}}, "max_builds": 2}
-    await redis.set(distributed.WORKER_PREFIX + "real", w.seal_advert(advert))
-    await redis.set(distributed.WORKER_PREFIX + "fake", json.dumps({**advert, "id": "fake"}))
+    await redis.set(keys.WORKER_PREFIX + "real", w.seal_advert(advert))
+    await redis.set(keys.WORKER_PREFIX + "fake", json.dumps({**advert, "id": "fake"}))
     other = wire.Wire("another-cluster-" + "x" * 32)
-    await redis.set(distributed.WORKER_PREFIX + "other", other.seal_advert(advert))
-    live = await distributed.live_workers(redis, w)
+    await redis.set(keys.WORKER_PREFIX + "other", other.seal_advert(advert))
+    live = await cluster_catalog.live_workers(redis, w)
     assert [a.id for a in live] == ["real"]
     await redis.aclose()
 

@@ -15,7 +15,7 @@ import pytest
 from kiisrv.assembly import limiter as make_limiter
 from kiisrv.build.ratelimit import RateLimiter
 from kiisrv.clients import client_address, limit_key, parse_networks
-from kiisrv.cluster import distributed
+from kiisrv.cluster import keys
 from kiisrv.cluster.ratelimit import KEY_PREFIX, RedisRateLimiter
 from kiisrv.errors import RateLimited
 from kiisrv.settings import Settings
@@ -99,16 +99,16 @@ async def test_ipv6_clients_share_a_budget_per_64() -> None:
 
 
 @pytest.fixture
-async def connections(redis: RedisServer) -> AsyncIterator[list[distributed.ArqRedis]]:
+async def connections(redis: RedisServer) -> AsyncIterator[list[keys.ArqRedis]]:
     """Two connections, as two API servers have: the one the app makes of the queue URL."""
-    redis = [distributed.connect(redis.url) for _ in range(2)]
+    redis = [keys.connect(redis.url) for _ in range(2)]
     yield redis
     for r in redis:
         await r.aclose()
 
 
 async def test_api_servers_on_one_redis_share_one_window(
-    connections: list[distributed.ArqRedis],
+    connections: list[keys.ArqRedis],
 ) -> None:
     """Attack: new builds spread over N API servers got N x the limit. Refusal: the
     (limit+1)th new build in a minute, whichever server takes it, is 429 + Retry-After."""
@@ -130,7 +130,7 @@ async def test_api_servers_on_one_redis_share_one_window(
 
 
 async def test_the_window_slides_and_its_keys_expire(
-    connections: list[distributed.ArqRedis],
+    connections: list[keys.ArqRedis],
 ) -> None:
     """Attack: one request per address from many addresses fills Redis. Refusal: a
     client's key lives one window after its last new build, then is gone by itself."""
@@ -150,7 +150,7 @@ async def test_the_window_slides_and_its_keys_expire(
 
 
 async def test_redis_holds_pseudonyms_not_client_addresses(
-    connections: list[distributed.ArqRedis], redis: RedisServer
+    connections: list[keys.ArqRedis], redis: RedisServer
 ) -> None:
     """Attack: whoever reads Redis (a worker host, a backup) learns who builds what.
     Refusal: keys and values hold an HMAC of the client under the servers' client key,
@@ -171,7 +171,7 @@ async def test_a_redis_outage_lets_builds_through_with_a_log_line(
     """A Redis outage is no 500 (and no limit): every build needs Redis to be queued,
     so the queue answers 503 anyway; the limiter says why it did not count."""
     dead = RedisServer(tmp_path / "dead")  # a free port nothing listens on
-    redis = distributed.connect(dead.url)
+    redis = keys.connect(dead.url)
     try:
         with caplog.at_level(logging.WARNING, logger="kiisrv"):
             await RedisRateLimiter(redis, 1, KEY).take("198.51.100.1")
@@ -182,7 +182,7 @@ async def test_a_redis_outage_lets_builds_through_with_a_log_line(
 
 
 async def test_api_servers_with_different_client_keys_are_told(
-    connections: list[distributed.ArqRedis], caplog: pytest.LogCaptureFixture
+    connections: list[keys.ArqRedis], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Misconfiguration: each API server made its own <data>/client-key, so one client
     is a different pseudonym, and budget, per server. Refusal: the server says so."""
@@ -195,7 +195,7 @@ async def test_api_servers_with_different_client_keys_are_told(
 
 
 async def test_the_queue_url_puts_the_window_in_redis(
-    settings: Settings, connections: list[distributed.ArqRedis]
+    settings: Settings, connections: list[keys.ArqRedis]
 ) -> None:
     assert isinstance(make_limiter(settings.replace(rate_limit=3), KEY, None), RateLimiter)
     shared = make_limiter(settings.replace(rate_limit=3), KEY, connections[0])

@@ -9,10 +9,11 @@ import time
 import psycopg
 import pytest
 
+from kiisrv.cluster.results import ResultStore, Stored, fresh
 from kiisrv.cluster.wire import Wire
 from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
-from kiisrv.store.results import ResultStore, Stored, fresh, hash_of
+from kiisrv.store.artifacts import hash_of
 from tests.helpers import QUEUE_KEY, free_port
 
 pytestmark = pytest.mark.anyio

@@ -73,10 +73,26 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from kiisrv.cluster.distributed import run_worker
+    """Until SIGTERM or SIGINT; builds in flight are stopped and go back to the queue."""
+    import asyncio
+    import contextlib
+    import signal
+
+    from kiisrv import assembly
+    from kiisrv.cluster.worker import BuildWorker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run_worker(settings)
+
+    async def main() -> None:
+        worker = BuildWorker(settings, assembly.worker(settings))
+        task = asyncio.create_task(worker.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
     return 0
 
 

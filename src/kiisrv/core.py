@@ -28,10 +28,6 @@ from typing import Any
 import anyio.to_thread
 
 from kiisrv import assembly, privacy
-from kiisrv.build.catalog import Catalog
-from kiisrv.build.engine import Engine
-from kiisrv.build.queue import BuildQueue, LocalQueue
-from kiisrv.build.runner import Runner
 from kiisrv.clients import client_of
 from kiisrv.errors import NotFound, StorageError, Unavailable, UnknownVersion
 from kiisrv.jobs import Job, JobState
@@ -39,11 +35,10 @@ from kiisrv.recipe.layouts import BaseFile, LayoutStore
 from kiisrv.recipe.planner import Plan, Planner
 from kiisrv.recipe.versions import DEFAULT_VERSIONS, Available
 from kiisrv.settings import Settings
-from kiisrv.store.artifacts import artifact_path, write_bytes
-from kiisrv.store.results import ResultStore, hash_of
-from kiisrv.store.retention import PruneResult, prune
+from kiisrv.store.artifacts import hash_of
+from kiisrv.store.retention import PruneResult, prune_forever
 from kiisrv.store.stats import StatsRecorder
-from kiisrv.store.storage import Storage, now
+from kiisrv.store.storage import now
 
 log = logging.getLogger("kiisrv")
 
@@ -86,41 +81,21 @@ class _Seen:
 
 
 class Kiisrv:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, parts: assembly.Server | None = None) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = Storage(
-            settings.stats_db, settings.config_db, settings.stats_url, settings.stats_timeout
-        )
-        self.engine = Engine(settings.docker_url, settings.engine_timeout, settings.max_builds)
+        parts = parts or assembly.server(settings)
+        self.storage = parts.storage
+        self.engine = parts.engine
+        self.catalog = parts.catalog
+        self.runner = parts.runner
+        self.results = parts.results
+        self.queue = parts.queue
         self.layouts = LayoutStore(settings.layouts_dir)
-        self.catalog = Catalog(settings, self.storage, self.engine)
         self.planner = Planner(self.layouts)
-        self.runner = Runner(settings, self.storage, self.engine)
-        self.queue: BuildQueue
-        self.results: ResultStore | None = None  # a cluster's (results.py)
-        redis = None
-        if settings.queue_url:  # builds run on `kiisrv worker`s: docs/distributed.md
-            from kiisrv.cluster import distributed
-
-            redis = distributed.connect(settings.queue_url)
-            self.catalog = distributed.WorkerCatalog(settings, self.storage, self.engine, redis)
-            self.results = distributed.result_store(settings)
-            self.queue = distributed.RedisQueue(
-                settings, self.runner, self.storage, redis, self.results
-            )
-        else:
-            self.queue = LocalQueue(
-                self.runner,
-                self.storage,
-                settings.max_builds,
-                settings.max_queue,
-                settings.max_client_builds,
-            )
         self.stats = StatsRecorder(self.storage, settings.data_dir / "requests.journal")
         self.client_key = privacy.load_key_file(settings.client_key_path)
         # With a queue the window is in its Redis, shared by every API server.
-        self.limiter = assembly.limiter(settings, self.client_key, redis)
+        self.limiter = assembly.limiter(settings, self.client_key, parts.redis)
         self._answered: dict[str, float] = {}
         self._seen: OrderedDict[tuple[str, bytes], _Seen] = OrderedDict()
         self._envs: OrderedDict[bytes, str] = OrderedDict()
@@ -257,8 +232,8 @@ class Kiisrv:
     async def status(self, hash_: str) -> Job | None:
         return (
             self.queue.current(hash_)
-            or await self.storage.run(self.storage.load_job, hash_)
-            or await self.queue.elsewhere(hash_)
+            or await self.results.job(hash_)
+            or await self.queue.find(hash_)
         )
 
     async def log(self, hash_: str) -> bytes:
@@ -276,21 +251,14 @@ class Kiisrv:
         return await self.runner.read_log(job)
 
     async def artifact(self, name: str) -> Path:
-        """The file of ``GET /tmp/<name>``: this server's copy, or one made from the
-        cluster's result store (a load balancer sends downloads to any API server)."""
-        try:
-            return artifact_path(self.settings.builds_dir, name)
-        except NotFound:
-            hash_ = hash_of(name)
-            found = await self.queue.stored(hash_) if hash_ else None
-            if found is None or found[0].zip_name != name:
-                raise
-        job, data = found
-        await anyio.to_thread.run_sync(write_bytes, self.settings.builds_dir / name, data)
-        if await self.storage.run(self.storage.load_job, job.hash) is None:
-            await self.storage.run(self.storage.save_job, job)
-        self._answer(job.hash)  # kept from this server's pruner a while, like an answer
-        return artifact_path(self.settings.builds_dir, name)
+        """The file of ``GET /tmp/<name>``: this server's copy, or one the results make
+        (a cluster's store: a load balancer sends downloads to any API server). It is
+        kept from this server's pruner a while, like an answer."""
+        path = await self.results.path(name)
+        hash_ = hash_of(name)
+        if hash_:
+            self._answer(hash_)
+        return path
 
     # -- retention ---------------------------------------------------------------------
 
@@ -303,7 +271,7 @@ class Kiisrv:
         return self.queue.in_use() | set(self._answered)
 
     def prune(self, dry_run: bool = False) -> PruneResult:
-        """Old build outputs, and statistics rows past their retention."""
+        """Old build outputs and their rows, and statistics rows past their retention."""
         s = self.settings
         if s.requests_retention_days > 0 and not dry_run:
             before = now() - timedelta(days=s.requests_retention_days)
@@ -314,41 +282,20 @@ class Kiisrv:
                 gone = 0
             if gone:
                 log.info("deleted %d statistics rows older than %s", gone, before.date())
-        busy = self.in_use() | set(self.storage.unfinished())
-        result = prune(
-            s.config_dir,
-            s.builds_dir,
-            max_age=s.retention_days * 86400,
-            max_bytes=s.retention_bytes,
-            in_use=busy,
-            dry_run=dry_run,
-        )
-        if not dry_run:  # their Builds rows too, and rows older than the outputs' retention
-            before = now() - timedelta(days=s.retention_days)
-            gone = self.storage.prune_builds(result.hashes, before, keep=busy)
-            if gone:
-                log.info(
-                    "deleted %d Builds rows (outputs pruned, or before %s)", gone, before.date()
-                )
+        result = self.results.prune_files(self.in_use(), dry_run)
+        if result.rows:
+            log.info(
+                "deleted %d Builds rows (outputs pruned, or past their retention)", result.rows
+            )
         return result
 
-    async def _prune_forever(self) -> None:
-        """A failed prune (a locked database, a full disk) is logged; the next one runs."""
-        while True:
-            try:
-                result = await anyio.to_thread.run_sync(self.prune)
-                if result.removed:
-                    log.info("pruned %d builds, %d bytes", result.removed, result.freed_bytes)
-                if self.results is not None:  # the cluster's retention, run by every server
-                    s = self.settings
-                    gone = await self.results.prune(
-                        s.retention_days * 86400, s.retention_bytes, self.in_use()
-                    )
-                    if gone:
-                        log.info("pruned %d results from the result store", gone)
-            except Exception:
-                log.exception("pruning failed; trying again in %g s", self.settings.prune_interval)
-            await asyncio.sleep(self.settings.prune_interval)
+    async def _prune(self) -> None:
+        result = await anyio.to_thread.run_sync(self.prune)
+        if result.removed:
+            log.info("pruned %d builds, %d bytes", result.removed, result.freed_bytes)
+        gone = await self.results.prune_shared(self.in_use())
+        if gone:
+            log.info("pruned %d results from the result store", gone)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -366,7 +313,9 @@ class Kiisrv:
         await self.runner.recover()
         await self.stats.start()
         if self.settings.prune_interval > 0:
-            self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
+            self._pruner = asyncio.create_task(
+                prune_forever(self.settings.prune_interval, self._prune, "kiisrv"), name="prune"
+            )
         if not await anyio.to_thread.run_sync(self.settings.layouts_dir.is_dir):
             log.warning("layouts folder %s does not exist", self.settings.layouts_dir)
         log.info(
@@ -384,7 +333,7 @@ class Kiisrv:
                 self._pruner.cancel()
                 with contextlib.suppress(BaseException):
                     await self._pruner
-            await self.queue.close()
+            await self.queue.close()  # a cluster's queue closes its results too
         finally:
             try:
                 await self.stats.stop()

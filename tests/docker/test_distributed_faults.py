@@ -21,7 +21,7 @@ import httpx
 import pytest
 from docker import DockerClient
 
-from kiisrv.cluster import distributed
+from kiisrv.cluster import keys
 from kiisrv.settings import Settings
 from tests.helpers import Events, RedisServer, ktype, request, serve, work
 
@@ -48,9 +48,9 @@ async def _post(base: str, body: dict[str, Any], wait_for_workers: bool = True) 
 
 
 async def _results(url: str) -> list[bytes]:
-    redis = distributed.connect(url)
+    redis = keys.connect(url)
     try:
-        return [k async for k in redis.scan_iter(match=distributed.result_key("*"))]
+        return [k async for k in redis.scan_iter(match=keys.result_key("*"))]
     finally:
         await redis.aclose()
 
@@ -100,11 +100,11 @@ def test_a_build_that_ran_and_failed_is_kept_only_briefly(
     async def scenario() -> tuple[int, int, int, int]:
         r1 = await _post(api.base, failing)
         r2 = await _post(api.base, ok)
-        redis_client = distributed.connect(redis.url)
+        redis_client = keys.connect(redis.url)
         ttls = []
         for r in (r1, r2):
             hash_ = r.json()["filename"].removesuffix(".zip").removesuffix("_error")[-32:]
-            ttls.append(await redis_client.pttl(distributed.result_key(hash_)))
+            ttls.append(await redis_client.pttl(keys.result_key(hash_)))
         await redis_client.aclose()
         return r1.status_code, r2.status_code, ttls[0], ttls[1]
 

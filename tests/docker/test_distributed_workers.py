@@ -19,7 +19,7 @@ import pytest
 from arq.constants import in_progress_key_prefix
 from docker import DockerClient
 
-from kiisrv.cluster import distributed, wire
+from kiisrv.cluster import keys, wire
 from kiisrv.settings import Settings
 from tests.helpers import (
     QUEUE_KEY,
@@ -95,11 +95,11 @@ def test_a_worker_claims_no_more_builds_than_it_can_start(
                     )
                     for env in ("latest", "lts")
                 ]
-                r = distributed.connect(redis.url)
+                r = keys.connect(redis.url)
                 claimed: list[int] = []
                 for _ in range(60):  # while the first build runs
-                    keys = [k async for k in r.scan_iter(match=in_progress_key_prefix + "*")]
-                    claimed.append(len(keys))
+                    marks = [k async for k in r.scan_iter(match=in_progress_key_prefix + "*")]
+                    claimed.append(len(marks))
                     await asyncio.sleep(0.1)
                 await r.aclose()
                 done = await asyncio.gather(*builds)
@@ -123,11 +123,9 @@ def test_a_worker_stops_taking_the_builds_of_an_image_that_left(
     with work(settings.replace(data_dir=tmp_path / "w"), log, **env):
 
         async def advertised() -> set[str]:
-            r = distributed.connect(redis.url)
+            r = keys.connect(redis.url)
             try:
-                raw = [
-                    await r.get(k) async for k in r.scan_iter(match=distributed.WORKER_PREFIX + "*")
-                ]
+                raw = [await r.get(k) async for k in r.scan_iter(match=keys.WORKER_PREFIX + "*")]
             finally:
                 await r.aclose()
             return {i for v in raw if v for i in wire.Wire(QUEUE_KEY).open_advert(v).images}

@@ -1,8 +1,9 @@
 """Deduplication, admission and slots: which build runs when, and who waits for it.
 
-``BuildQueue`` is the seam for running builds elsewhere (an RQ or arq queue on Redis):
-the core only submits plans and asks about hashes, so a distributed queue can replace
-``LocalQueue`` without touching the planner or the runner.
+``BuildQueue`` is the seam for running builds elsewhere (cluster/queue.py: arq on
+Redis): the core only submits plans and asks about hashes, so a distributed queue
+replaces ``LocalQueue`` without touching the planner or the runner. How a build's end
+becomes its job's state is build/outcome.py's, for both.
 
 ``LocalQueue`` keeps one in-flight record per hash. Identical plans await the same
 future; the build runs in its own task so a client that hangs up does not cancel it.
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kiisrv.build.fairness import FairSlots
+from kiisrv.build.outcome import End, settle
 from kiisrv.build.runner import Runner
-from kiisrv.errors import EngineConflict, EngineNotFound, KiisrvError, QueueFull, Unavailable
+from kiisrv.errors import EngineConflict, EngineNotFound, QueueFull
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.planner import Plan
 from kiisrv.store.storage import Storage
@@ -52,14 +54,9 @@ class BuildQueue(Protocol):
         """Builds waiting ahead of a queued one (0: it starts next); None: not queued."""
         ...
 
-    async def elsewhere(self, hash_: str) -> Job | None:
-        """A build this server has no row of but its cluster knows (queued by another
-        API server, or finished); None on a single server."""
-        ...
-
-    async def stored(self, hash_: str) -> tuple[Job, bytes] | None:
-        """A finished build's job and zip from the cluster's result store, for a server
-        that has no copy; None on a single server (its folder is its store)."""
+    async def find(self, hash_: str) -> Job | None:
+        """The job of a build queued or running anywhere this queue reaches (a cluster's
+        queue: builds other API servers queued too); None otherwise."""
         ...
 
     async def close(self) -> None:
@@ -130,11 +127,8 @@ class InFlightQueue:
     def in_use(self) -> set[str]:
         return set(self._inflight)
 
-    async def elsewhere(self, hash_: str) -> Job | None:
-        return None
-
-    async def stored(self, hash_: str) -> tuple[Job, bytes] | None:
-        return None
+    async def find(self, hash_: str) -> Job | None:
+        return self.current(hash_)
 
     async def close(self) -> None:
         tasks = [r.task for r in self._inflight.values() if r.task is not None]
@@ -179,17 +173,9 @@ class LocalQueue(InFlightQueue):
                 record.container = cid
 
             output = await self.runner.execute(plan, self._slots.slot(plan.client), running_in)
-        except asyncio.CancelledError:
-            job.error = "the server shut down before this build finished"
-            raise
-        except Unavailable as exc:
-            job.error = exc.message
-            job.retry_later = True
-        except KiisrvError as exc:
-            job.error = exc.message
-        except Exception as exc:  # a bug of ours: report it, never leave waiters hanging
-            log.exception("build %s crashed", job.hash)
-            job.error = f"internal error: {exc}"
+        except (Exception, asyncio.CancelledError) as exc:
+            if settle(job, exc) is End.SHUTDOWN:
+                raise
         finally:
             try:
                 await self.runner.finish(plan, output)

@@ -60,3 +60,10 @@ def write_bytes(dest: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def hash_of(zip_name: str) -> str | None:
+    """The build hash a zip name ends with (``<stem>-<hash>[_error].zip``)."""
+    stem = zip_name.removesuffix(".zip").removesuffix("_error")
+    tail = stem.rsplit("-", 1)[-1]
+    return tail if len(tail) == 32 and all(c in "0123456789abcdef" for c in tail) else None

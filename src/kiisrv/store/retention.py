@@ -8,17 +8,14 @@ are never touched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("kiisrv.retention")
 
@@ -49,6 +46,7 @@ class PruneResult:
     kept: int
     kept_bytes: int
     hashes: tuple[str, ...] = ()  # the builds pruned (their Builds rows go too)
+    rows: int = 0  # Builds rows deleted with them (or older than the files' retention)
 
 
 def _groups(config_dir: Path, builds_dir: Path) -> dict[str, _Group]:
@@ -99,3 +97,14 @@ def prune(
         freed += group.size
         total -= group.size
     return PruneResult(removed, freed, len(groups) - removed, total, tuple(pruned))
+
+
+async def prune_forever(interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+    """``step`` every ``interval`` seconds, for a server and a worker alike: a failed
+    prune (a locked database, a full disk) is logged, and the next one runs."""
+    while interval > 0:
+        try:
+            await step()
+        except Exception:
+            log.exception("%s: pruning failed; trying again in %g s", what, interval)
+        await asyncio.sleep(interval)

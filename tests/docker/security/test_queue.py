@@ -28,7 +28,7 @@ import pytest
 from arq.connections import ArqRedis
 from docker import DockerClient
 
-from kiisrv.cluster import distributed
+from kiisrv.cluster import keys
 from kiisrv.jobs import JobState
 from kiisrv.settings import Settings
 from tests.helpers import (
@@ -100,16 +100,16 @@ def test_jobs_planted_in_redis_never_run_and_the_worker_keeps_building(
     async def scenario() -> httpx.Response:
         first = await _post(api.base, request(ktype(custom="# first")))  # the worker is up
         assert first.status_code == 200, first.text
-        queue = distributed.queue_name(controller_image)
+        queue = keys.queue_name(controller_image)
         pickler = ArqRedis.from_url(redis.url)  # arq's default serializer: pickle
         await pickler.enqueue_job(
-            distributed.BUILD_FUNCTION, _Payload(marker), _job_id="d" * 32, _queue_name=queue
+            keys.BUILD_FUNCTION, _Payload(marker), _job_id="d" * 32, _queue_name=queue
         )
         await pickler.aclose()
-        plain = distributed.connect(redis.url)
+        plain = keys.connect(redis.url)
         payload = json.dumps({"job": {"hash": unsigned_hash}, "files": []})
         await plain.enqueue_job(
-            distributed.BUILD_FUNCTION, payload, _job_id=unsigned_hash, _queue_name=queue
+            keys.BUILD_FUNCTION, payload, _job_id=unsigned_hash, _queue_name=queue
         )
         await plain.aclose()
         await asyncio.sleep(3)  # the worker polls every 20 ms
@@ -165,7 +165,7 @@ def test_a_forged_result_in_redis_or_the_store_is_not_served_the_layout_is_built
         assert first.status_code == 200, first.text
         name = first.json()["filename"].removeprefix("./tmp/")
         hash_ = name.removesuffix(".zip").rsplit("-", 1)[1]
-        redis_client = distributed.connect(redis.url)
+        redis_client = keys.connect(redis.url)
         record = {
             "hash": hash_,
             "stem": name.removesuffix(".zip"),
@@ -179,9 +179,9 @@ def test_a_forged_result_in_redis_or_the_store_is_not_served_the_layout_is_built
             "duration_ms": 1,
             "retry_later": False,
         }
-        await redis_client.delete(distributed.result_key(hash_))
+        await redis_client.delete(keys.result_key(hash_))
         await redis_client.hset(  # type: ignore[misc]
-            distributed.result_key(hash_), mapping={"job": json.dumps(record), "zip": evil}
+            keys.result_key(hash_), mapping={"job": json.dumps(record), "zip": evil}
         )
         await redis_client.aclose()
         with psycopg.connect(store_url, autocommit=True) as conn:
