@@ -19,12 +19,12 @@ import pytest
 
 from kiisrv.build.containers import LABEL_INSTANCE, LABEL_MANAGED, NOT_OURS, build_container_spec
 from kiisrv.build.engine import Engine
+from kiisrv.proxy.create import check_create
 from kiisrv.proxy.policy import (
     Kind,
     Policy,
     Refused,
     bound_container,
-    check_create,
     check_image,
     checked_query,
     list_query,

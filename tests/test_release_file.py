@@ -31,7 +31,7 @@ from kiisrv.build.containers import (
 )
 from kiisrv.build.engine import Engine, ImageFile, ImageInfo
 from kiisrv.errors import EngineTimeout, EngineUnavailable
-from kiisrv.proxy.policy import check_create
+from kiisrv.proxy.create import check_create
 from kiisrv.proxy.server import policy as policy_of
 from kiisrv.recipe.versions import (
     DEFAULT_VERSIONS,

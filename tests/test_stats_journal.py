@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from kiisrv.store.requests import RequestRecord
-from kiisrv.store.stats import JOURNAL_COMPACT_AT, StatsRecorder
+from kiisrv.store.journal import JOURNAL_COMPACT_AT, StatsRecorder
 from kiisrv.store.storage import Storage
 
 pytestmark = pytest.mark.anyio

@@ -23,7 +23,7 @@ from kiisrv import privacy
 from kiisrv.core import Kiisrv
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
-from kiisrv.store import stats
+from kiisrv.web import stats
 from kiisrv.store.db import PostgresDatabase
 from kiisrv.store.requests import RequestRecord
 from kiisrv.store.storage import Storage

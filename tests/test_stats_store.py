@@ -18,7 +18,7 @@ from kiisrv import privacy
 from kiisrv.core import Kiisrv
 from kiisrv.errors import StorageError
 from kiisrv.settings import Settings
-from kiisrv.store import stats
+from kiisrv.web import stats
 from kiisrv.store.requests import RequestRecord
 from kiisrv.store.storage import Storage
 from tests.helpers import PostgresServer, app_client, postgres_server

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.versions import DEFAULT_VERSIONS
-from kiisrv.store import stats
+from kiisrv.web import stats
 from kiisrv.store.requests import RequestRecord
 from kiisrv.store.storage import Storage
 

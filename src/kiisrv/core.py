@@ -36,8 +36,8 @@ from kiisrv.recipe.planner import Plan, Planner
 from kiisrv.recipe.versions import DEFAULT_VERSIONS, Available
 from kiisrv.settings import Settings
 from kiisrv.store.artifacts import hash_of
+from kiisrv.store.journal import StatsRecorder
 from kiisrv.store.retention import PruneResult, prune_forever
-from kiisrv.store.stats import StatsRecorder
 from kiisrv.store.storage import now
 
 log = logging.getLogger("kiisrv")

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from kiisrv.build.containers import NOT_OURS
+from kiisrv.proxy.create import check_create
 from kiisrv.proxy.policy import (
     MAX_ARCHIVE_BODY,
     MAX_CREATE_BODY,
@@ -44,7 +45,6 @@ from kiisrv.proxy.policy import (
     Policy,
     Refused,
     bound_container,
-    check_create,
     check_image,
     checked_query,
     list_query,

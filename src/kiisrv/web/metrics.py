@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from fastapi import APIRouter
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -114,3 +116,14 @@ class Metrics:
         storage = self.server.storage
         self._state.builds, self._state.histogram = await storage.read(_read, storage)
         return generate_latest(self.registry)
+
+
+def router(measures: Metrics) -> APIRouter:
+    routes = APIRouter()
+
+    @routes.get("/metrics")
+    async def metrics_page() -> Response:
+        """Prometheus metrics (names prefixed ``kiisrv_``)."""
+        return Response(await measures.render(), media_type=CONTENT_TYPE)
+
+    return routes

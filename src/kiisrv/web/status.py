@@ -24,8 +24,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kiisrv.errors import StorageError
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from starlette.exceptions import HTTPException
+
+from kiisrv.errors import NotFound, StorageError
 from kiisrv.jobs import Job, JobState
+from kiisrv.settings import Settings
 
 if TYPE_CHECKING:
     from kiisrv.core import Kiisrv
@@ -284,3 +289,48 @@ Plain text: <a href="{root}stats">/stats</a>, JSON: <a href="{json_link}">{json_
 <script src="{root}static/status.js"></script>
 </body></html>
 """
+
+
+def router(server: Kiisrv, settings: Settings) -> APIRouter:
+    """The public page (``/status``, ``/``, ``/status.json``) and the operator's."""
+    routes = APIRouter()
+
+    async def status_page() -> HTMLResponse:
+        """What is building, what was built, and the statistics as charts; no build named."""
+        return HTMLResponse(render(await collect(server)))
+
+    routes.add_api_route("/status", status_page, methods=["GET"], response_class=HTMLResponse)
+    routes.add_api_route("/", status_page, methods=["GET"], include_in_schema=False)
+
+    def operator_only(request: Request) -> None:
+        """The detailed status is the holder of ``KIISRV_STATUS_TOKEN``'s alone: without
+        a token set it does not exist (404); without the token it asks for it (401)."""
+        token = settings.status_token
+        if token is None:
+            raise NotFound(f"no route {request.method} {request.url.path}")
+        given = request.headers.get("authorization", "")
+        if not token_matches(token.get_secret_value(), given):
+            raise HTTPException(
+                401,
+                "the detailed status needs the status token: Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": REALM},
+            )
+
+    @routes.get("/status/detail", response_class=HTMLResponse, include_in_schema=False)
+    async def status_detail(request: Request) -> HTMLResponse:
+        """The status page with each build's hash, layout and log (the operator's)."""
+        operator_only(request)
+        return HTMLResponse(render(await collect(server, detailed=True), "../"))
+
+    @routes.get("/status/detail.json", include_in_schema=False)
+    async def status_detail_json(request: Request) -> dict[str, Any]:
+        """The detailed status page's figures (the operator's)."""
+        operator_only(request)
+        return (await collect(server, detailed=True)).as_json()
+
+    @routes.get("/status.json")
+    async def status_json() -> dict[str, Any]:
+        """The status page's figures; no build named."""
+        return (await collect(server)).as_json()
+
+    return routes

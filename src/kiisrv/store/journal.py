@@ -1,4 +1,4 @@
-"""Request statistics: recording them, and ``GET /stats``, the reference's summary.
+"""Request statistics, recorded: every answered request's row, never lost, never waited on.
 
 Recording must cost a request nothing it can feel: rows are queued in memory and
 written in batches, one transaction each, on the storage's Requests thread (never the
@@ -7,15 +7,9 @@ A row waits up to ``FLUSH_EVERY`` in memory, so each is first appended to a jour
 (``<data>/requests.journal``, one line, one ``write`` to the page cache): a server
 killed before its flush writes those rows when it starts again, each once (the
 database keeps the last journal number written per instance, requests_store.record).
-``/stats`` flushes first, so it always counts every request answered so far. The rows
-live where ``storage.requests`` keeps them: this server's SQLite, or the PostgreSQL all
-API servers share. The page reads the rollups kept with the rows (rollups.py), on the
-pages' thread, so it costs the same with millions of rows; the count blocks are printed
-the way the reference (Rust ``{:#?}`` of a map) printed them.
-
-The page is public, so it counts keyboards by stock layout only: a layout name the
-layouts folder does not have (one the user typed, ``Ada's travel board``) may name
-its author, and is counted as ``<keyboard>-(other)``.
+``/stats`` (web/stats.py) flushes first, so it always counts every request answered so
+far. The rows live where ``storage.requests`` keeps them: this server's SQLite, or the
+PostgreSQL all API servers share.
 """
 
 from __future__ import annotations
@@ -26,8 +20,6 @@ import json
 import logging
 import os
 import secrets
-from collections import Counter
-from collections.abc import Collection
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +28,6 @@ from typing import Any
 import anyio.to_thread
 
 from kiisrv.errors import KiisrvError
-from kiisrv.recipe.layouts import LayoutStore
 from kiisrv.store.requests import WRITE_AT_MOST, RequestRecord
 from kiisrv.store.storage import Storage
 
@@ -46,8 +37,6 @@ FLUSH_EVERY = 0.5  # seconds
 FLUSH_AT = 512  # rows
 # Rows kept for another try while the database cannot be written (about 300 bytes each).
 MAX_PENDING = 200_000
-# What a layout name outside the layouts folder is counted as (no file name holds "()").
-OTHER = "(other)"
 # The journal is rewritten (its rows not yet written, only) past this size.
 JOURNAL_COMPACT_AT = 256 * 1024
 
@@ -225,89 +214,3 @@ def _touch_all(paths: set[Path]) -> None:
     for path in paths:
         with contextlib.suppress(OSError):
             os.utime(path)
-
-
-def _rust_map(counts: list[tuple[str, int]]) -> str:
-    if not counts:
-        return "{}"
-    body = "".join(f'    "{k}": {v},\n' for k, v in counts)
-    return "{\n" + body + "}"
-
-
-def _rust_float(x: float) -> str:
-    return str(int(x)) if x == int(x) else repr(x)
-
-
-def stock_layouts(layouts: LayoutStore) -> frozenset[str]:
-    """``<keyboard>-<layout>`` of every file of the layouts folder, also under the
-    keyboards' aliases (``K-Type-Standard``), which ``/stats`` may name (blocking)."""
-    names = {p.name.removesuffix(".json") for p in layouts.root.glob("*.json")}
-    for alias, board in layouts.board_aliases().items():
-        names |= {alias + n[len(board) :] for n in names if n.startswith(f"{board}-")}
-    return frozenset(names)
-
-
-async def render(storage: Storage, layouts: LayoutStore) -> str:
-    """The page, read on the pages' thread."""
-    return await storage.read(lambda: summary(storage, stock_layouts(layouts)))
-
-
-async def as_json(storage: Storage, layouts: LayoutStore) -> dict[str, Any]:
-    """The figures of the page, for ``/stats.json``."""
-    return await storage.read(lambda: figures(storage, stock_layouts(layouts)))
-
-
-def figures(storage: Storage, stock: Collection[str]) -> dict[str, Any]:
-    """The figures of ``/stats`` (blocking: a few dozen rows of the rollups); layouts not
-    in ``stock`` are counted as ``<keyboard>-(other)``."""
-    counts = storage.request_counts(stock)
-    t = counts.totals
-    total, unique, users = t.get("builds", 0), t.get("unique", 0), t.get("users", 0)
-    layers, durations = t.get("layers", 0), t.get("duration", 0)
-
-    def ordered(counts: Counter[str]) -> list[tuple[str, int]]:
-        # Ties are ordered here, not in SQL: Postgres would sort by its locale's collation.
-        return sorted(((k, n) for k, n in counts.items() if n > 0), key=lambda kn: (-kn[1], kn[0]))
-
-    def by(dim: str) -> list[tuple[str, int]]:
-        return ordered(Counter(counts.by.get(dim, {})))
-
-    # Stock layouts by name; the rest of each keyboard's requests as <keyboard>-(other).
-    keyboards: Counter[str] = Counter()
-    other = Counter(counts.by.get("board", {}))
-    for board, variant, n in counts.keyboards:
-        keyboards[f"{board}-{variant}"] += n
-        other[board] -= n
-    for board, n in other.items():
-        keyboards[f"{board}-{OTHER}"] += n
-
-    return {
-        "builds": total,
-        "unique": unique,
-        "cache_ratio": total / unique if unique else 0.0,
-        "avg_time_s": durations / unique / 1000 if unique else 0.0,
-        "users": users,
-        "builds_per_user": total / users if users else 0.0,
-        "avg_layers": layers / total if total else 0.0,
-        "os": by("os"),
-        "platform": by("platform"),
-        "keyboard": ordered(keyboards),
-        "version": by("version"),
-    }
-
-
-def summary(storage: Storage, stock: Collection[str]) -> str:
-    """The page itself, as the reference printed it (blocking: see ``render``)."""
-    f = figures(storage, stock)
-    return (
-        f"Builds: {f['builds']} ({f['unique']} unique)\n"
-        f"Cache ratio: {f['cache_ratio']:.1f}\n"
-        f"Avg time: {f['avg_time_s']:.3f} s\n\n"
-        f"Users: {f['users']} unique\n"
-        f"Avg builds per user: {f['builds_per_user']:.1f}\n"
-        f"Average number of layers: {_rust_float(f['avg_layers'])}\n\n"
-        f"OS Counts: {_rust_map(f['os'])}\n"
-        f"Platform Counts: {_rust_map(f['platform'])}\n"
-        f"Keyboard Counts: {_rust_map(f['keyboard'])}\n"
-        f"Version Counts: {_rust_map(f['version'])}\n\n"
-    )
