@@ -14,12 +14,15 @@ from kiisrv.controller.warmtree import (
     USAGE_NAME,
     Record,
     changed_macros,
+    debug_sections,
     defines,
     differences,
+    differing_lines,
     pick,
     preprocess_command,
     prune,
     read_usage,
+    shrink_command,
     stale_objects,
     trees_of,
     used_macros,
@@ -214,6 +217,29 @@ def test_of_trees_configured_alike_the_most_similar_is_copied(tmp_path: Path) ->
     assert pick(record(), trees).how == "warm"  # no layers given: any tree of the key
 
 
+def test_the_tree_with_the_very_same_layers_beats_one_with_more(tmp_path: Path) -> None:
+    """The LTS image keeps a stock layout's tree as the latest release generates it
+    (layer 0 with an LED animation more) and as LTS does, under one key. An LTS request
+    shares every line with both: the tree with nothing more is copied (the other was
+    picked, first by name: its KLL changed kll_defs.h, and a removed object was linked
+    instead of rebuilt)."""
+    same = 'U"A" : U"A";\nU"B" : U"B";\n'
+    trees = []
+    for label, text in (
+        ("MD1_1-Standard", same + "A[all_on] <= start;\n"),
+        ("MD1_1-Standard-lts", same),
+    ):
+        tree = tmp_path / "key" / label
+        tree.mkdir(parents=True)
+        (tree / "layer-0.kll").write_text(text)
+        trees.append((tree, record()))
+    for order in (trees, trees[::-1]):
+        assert pick(record(), order, {"layer-0.kll": same}).tree == trees[1][0]
+    assert differing_lines({"layer-0.kll": same}, trees[0][0]) == 1
+    assert differing_lines({"layer-0.kll": same}, trees[1][0]) == 0
+    assert differing_lines({"layer-9.kll": same}, trees[1][0]) == 2  # the tree has none
+
+
 def test_trees_are_found_by_key_and_label_and_in_the_older_layout(tmp_path: Path) -> None:
     for path in (tmp_path / "k1" / "standard", tmp_path / "k1" / "generic", tmp_path / "k2"):
         path.mkdir(parents=True)
@@ -304,3 +330,36 @@ def test_an_object_whose_preprocessing_failed_is_always_stale(tmp_path: Path) ->
     assert usage == {"a.obj": ["*"]}
     assert stale_objects(usage, {"Anything"}) == ["a.obj"]
     assert stale_objects(usage, set()) == []
+
+
+# -- smaller objects, the same link ------------------------------------------------------
+
+READELF = """There are 9 section headers, starting at offset 0x673b8:
+
+Section Headers:
+  [Nr] Name              Type            Addr     Off    Size   ES Flg Lk Inf Al
+  [ 0]                   NULL            00000000 000000 000000 00      0   0  0
+  [ 1] .group            GROUP           00000000 000034 00000c 04     342 133  4
+  [ 2] .text.main        PROGBITS        00000000 000040 000058 00  AX  0   0  4
+  [ 3] .rel.text.main    REL             00000000 000e30 000010 08   I 55   2  4
+  [ 4] .debug_info       PROGBITS        00000000 000098 0016a2 00      0   0  1
+  [ 5] .rel.debug_info   REL             00000000 000e40 001a18 08   I 55   4  4
+  [ 6] .debug_macro      PROGBITS        00000000 00173a 000016 00   G  0   0  1
+  [ 7] .debug_macro      PROGBITS        00000000 001750 000f62 00   G  0   0  1
+  [ 8] .debug_str        PROGBITS        00000000 0026b2 001a0c 01  MS  0   0  1
+"""
+
+
+def test_objects_are_shrunk_by_emptying_their_debug_sections_never_removing_one() -> None:
+    """Stripping renumbered the sections after the debug ones, and ld names its veneers
+    by section number: SAM4S firmware came out with two veneers swapped (Kira,
+    GeminiDuskDawn). The shrink empties each debug section and drops its relocations;
+    nothing it runs removes a section."""
+    names = debug_sections(READELF)
+    assert names == [".debug_info", ".debug_macro", ".debug_str"]
+    command = shrink_command("objcopy", Path("a.obj"), names, Path("empty"))
+    assert command[:2] == ["objcopy", "--remove-relocations=.debug_*"]
+    assert command[-1] == "a.obj"
+    pairs = list(zip(command[2:-1:2], command[3:-1:2], strict=True))
+    assert pairs == [("--update-section", f"{n}=empty") for n in names]
+    assert not any(a.startswith(("--strip", "--remove-section", "-R", "-g")) for a in command)

@@ -110,7 +110,10 @@ build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixe
 	echo " @@@@@ Prepared in $(($(now_ms) - t0)) ms" | tee -a "${out}/script.log"
 	if [ "$how" = warm ]; then
 		[ -f "${dir}/.ninja_log" ] && logged="$(wc -l < "${dir}/.ninja_log")"
-		(cd "$dir" && ninja) 2>&1 | tee -a "${out}/script.log"
+		# The KLL step first, then the rest: bin/kll may remove objects a changed
+		# kll_defs.h reaches (warmtree.py prune), and ninja plans a build before it runs,
+		# so objects removed during the run it started would be linked, not rebuilt.
+		(cd "$dir" && ninja kll_defs.h && ninja) 2>&1 | tee -a "${out}/script.log"
 		status="${PIPESTATUS[0]}"
 		ninja_phases "${dir}/.ninja_log" "$logged" | tee -a "${out}/script.log"
 	else

@@ -40,7 +40,8 @@ mkdir -p "${WARM_DIR}/kll-probes"
 	&& python3 -m kll --path > "${WARM_DIR}/kll-probes/path" \
 	&& python3 -m kll --layout-cache-path > "${WARM_DIR}/kll-probes/layout-cache-path") \
 	|| rm -rf "${WARM_DIR}/kll-probes"
-strip_tool="$(command -v arm-none-eabi-objcopy || true)"
+objcopy="$(command -v arm-none-eabi-objcopy || true)"
+readelf="$(command -v arm-none-eabi-readelf || true)"
 
 # stock_layer <script> <n> <function map>: the keyboard's own layer n (its DefaultMap or
 # PartialMaps[n] files, as the script names them), so a generic tree is configured like
@@ -114,12 +115,10 @@ warm() {
 	if [ -f "${tree}/compile_commands.json" ]; then
 		python3 "$WARMTREE" usage "$tree" > /dev/null
 	fi
-	if [ -n "$strip_tool" ]; then
-		find "$tree" -name '*.obj' -type f -print0 | while IFS= read -r -d '' object; do
-			cp -p -- "$object" "${layers}/object"
-			"$strip_tool" --strip-debug "$object"
-			touch -r "${layers}/object" -- "$object"
-		done
+	if [ -n "$objcopy" ] && [ -n "$readelf" ]; then
+		# Debug sections emptied, not stripped: stripping renumbers sections, and the
+		# link names its veneers by those numbers (warmtree.py, "Smaller objects").
+		python3 "$WARMTREE" shrink "$tree" "$objcopy" "$readelf" > /dev/null
 	fi
 	mkdir -p "${WARM_DIR}/${stem}/${key}"
 	mv "$tree" "${WARM_DIR}/${stem}/${key}/${label}"

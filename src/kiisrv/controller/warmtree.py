@@ -20,7 +20,7 @@ running the keyboard script in probe mode (it stops at its cmake call).
 - else from nothing (``cold``).
 
 Among the trees of one key (several stock layouts configure alike), the one whose
-layer files share the most lines with the request's is copied: a one-key change of a
+layer files differ from the request's in the fewest lines is copied: a one-key change of a
 stock layout starts from that very layout.
 
 **What a changed ``kll_defs.h`` reaches.** The sources are compiled with ``-ggdb3``, so
@@ -36,6 +36,14 @@ every macro expanded or tested, defined or not), and when the KLL step writes a
 removed (``prune``) and the header keeps its old timestamp: ninja rebuilds those, and
 the firmware is byte for byte that of a build from nothing (``kiisrv canary --verify``).
 A tree without the record rebuilds every includer, as before.
+
+**Smaller objects, the same link.** A tree's objects keep their debug sections, emptied
+(``shrink``): ``objcopy --strip-debug`` would remove them and so renumber every input
+section after them, and GNU ld names the long-branch veneers it adds (the SAM4S boards
+call functions in RAM) after the number of the calling section, then lays them out in
+the order of those names: Kira's and GeminiDuskDawn's firmware came out with two
+veneers swapped, different bytes from a build from nothing. Emptied, the objects are a
+fifth of their size and every section keeps its number.
 
 Stdlib only and runnable as a script: the controller images carry a copy of this file
 (``/usr/local/lib/kiisrv/warmtree.py``) and run it with their own python3.
@@ -169,23 +177,28 @@ def _reconfigurable(request: Record, tree: Record) -> tuple[str, ...] | None:
     return tuple(sorted(k for k in mine if mine[k] != theirs[k]))
 
 
-def shared_lines(request: Mapping[str, str], tree: Path) -> int:
-    """How many lines the request's layer files (canonical name -> text) have in common
-    with the tree's files of the same names: how little of the tree a build redoes."""
-    shared = 0
+def differing_lines(request: Mapping[str, str], tree: Path) -> int:
+    """How many lines of the layer files (canonical name -> text) the request and the
+    tree do not have in common, either way: how much of the tree a build redoes. A tree
+    with more than the request (another release's animation, say) differs too: counting
+    only shared lines, it tied with the very same layers and could win."""
+    differ = 0
     for name, text in request.items():
         try:
             theirs = (tree / name).read_text(errors="replace").splitlines()
         except OSError:
-            continue
+            theirs = []
         mine: dict[str, int] = {}
-        for line in text.splitlines():
+        lines = text.splitlines()
+        for line in lines:
             mine[line] = mine.get(line, 0) + 1
+        shared = 0
         for line in theirs:
             if mine.get(line, 0) > 0:
                 mine[line] -= 1
                 shared += 1
-    return shared
+        differ += len(lines) + len(theirs) - 2 * shared
+    return differ
 
 
 def pick(
@@ -193,8 +206,8 @@ def pick(
     trees: Iterable[tuple[Path, Record]],
     layers: Mapping[str, str] | None = None,
 ) -> Choice:
-    """The tree to start from: the same configure (of those, the one sharing the most
-    lines with the request's ``layers``), else the nearest, else none."""
+    """The tree to start from: the same configure (of those, the one whose layer files
+    differ least from the request's ``layers``), else the nearest, else none."""
     key = request.key()
     best: Choice | None = None
     same: list[Path] = []
@@ -206,7 +219,7 @@ def pick(
         if differs is not None and (best is None or len(differs) < len(best.differs)):
             best = Choice("reconfigure", path, differs)
     if same:
-        chosen = max(same, key=lambda p: shared_lines(layers or {}, p)) if layers else same[0]
+        chosen = min(same, key=lambda p: differing_lines(layers or {}, p)) if layers else same[0]
         return Choice("warm", chosen)
     return best or Choice("cold")
 
@@ -346,6 +359,48 @@ def prune(tree: Path, old_defs: Path, new_defs: Path) -> list[str] | None:
     return gone
 
 
+# -- smaller objects, the same link ------------------------------------------------------
+
+_SECTION = re.compile(r"^\s*\[\s*\d+\]\s+(\S+)\s", re.M)
+
+
+def debug_sections(listing: str) -> list[str]:
+    """The distinct debug section names in ``readelf -SW`` output (relocations apart)."""
+    return sorted({n for n in _SECTION.findall(listing) if n.startswith(".debug_")})
+
+
+def shrink_command(objcopy: str, obj: Path, names: Iterable[str], empty: Path) -> list[str]:
+    """``objcopy`` emptying ``obj``'s debug sections and dropping their relocations in
+    place, every section kept (its number is what the link goes by: see above).
+    ``--update-section`` empties the first section of a name, which holds nearly all of
+    it; the small ``.debug_macro`` sections of one header each stay."""
+    update = [arg for n in names for arg in ("--update-section", f"{n}={empty}")]
+    return [objcopy, "--remove-relocations=.debug_*", *update, str(obj)]
+
+
+def shrink(tree: Path, objcopy: str, readelf: str) -> int:
+    """Empties the debug sections of every object of ``tree``, keeping each object's
+    timestamp (ninja would otherwise rebuild it); how many objects. Warm time only."""
+    empty = tree / ".kiisrv-empty"
+    empty.write_bytes(b"")
+    count = 0
+    try:
+        for obj in sorted(tree.rglob("*.obj")):
+            listing = subprocess.run(
+                [readelf, "-SW", str(obj)], capture_output=True, text=True, check=True
+            ).stdout
+            names = debug_sections(listing)
+            if not names:
+                continue
+            stat = obj.stat()
+            subprocess.run(shrink_command(objcopy, obj, names, empty), check=True)
+            os.utime(obj, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            count += 1
+    finally:
+        empty.unlink()
+    return count
+
+
 def differences(a: Record, b: Record) -> list[str]:
     """What keeps two configures from sharing a key, one line each (for the logs)."""
     out = [f"cwd: {a.cwd} != {b.cwd}"] if a.cwd != b.cwd else []
@@ -373,6 +428,9 @@ def main(argv: Sequence[str]) -> int:
     | ``diff <record> <record>`` | ``usage <tree>`` | ``prune <tree> <old defs> <new defs>``"""
     if len(argv) == 2 and argv[0] == "usage":
         print(f"{write_usage(Path(argv[1]))} objects")
+        return 0
+    if len(argv) == 4 and argv[0] == "shrink":
+        print(f"{shrink(Path(argv[1]), argv[2], argv[3])} objects")
         return 0
     if len(argv) == 4 and argv[0] == "prune":
         gone = prune(Path(argv[1]), Path(argv[2]), Path(argv[3]))
