@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from kiisrv.store.requests import RequestRecord
 from kiisrv.store.journal import JOURNAL_COMPACT_AT, StatsRecorder
+from kiisrv.store.requests import RequestRecord
 from kiisrv.store.storage import Storage
 
 pytestmark = pytest.mark.anyio

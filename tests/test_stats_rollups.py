@@ -23,11 +23,10 @@ from kiisrv import privacy
 from kiisrv.core import Kiisrv
 from kiisrv.jobs import Job, JobState
 from kiisrv.settings import Settings
-from kiisrv.web import stats
 from kiisrv.store.db import PostgresDatabase
 from kiisrv.store.requests import RequestRecord
 from kiisrv.store.storage import Storage
-from kiisrv.web import metrics
+from kiisrv.web import metrics, stats
 from tests.helpers import app_client, postgres_paused, postgres_server
 
 pytestmark = pytest.mark.anyio

@@ -18,9 +18,9 @@ from kiisrv import privacy
 from kiisrv.core import Kiisrv
 from kiisrv.errors import StorageError
 from kiisrv.settings import Settings
-from kiisrv.web import stats
 from kiisrv.store.requests import RequestRecord
 from kiisrv.store.storage import Storage
+from kiisrv.web import stats
 from tests.helpers import PostgresServer, app_client, postgres_server
 
 pytestmark = pytest.mark.anyio

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.versions import DEFAULT_VERSIONS
-from kiisrv.web import stats
 from kiisrv.store.requests import RequestRecord
 from kiisrv.store.storage import Storage
+from kiisrv.web import stats
 
 
 def open_storage(tmp_path: Path) -> Storage:

@@ -1,5 +1,7 @@
-"""Which warm tree a build may reuse (warmtree.py), the cmake wrapper that records a
-configure (docker/controller/bin/cmake), and the committed warm list (warmlist.py)."""
+"""Which warm tree a build may reuse and how a request's maps are named (warmtree.py),
+what a tree's objects keep and which a change reaches (objects.py), the cmake wrapper
+that records a configure (docker/controller/bin/cmake), and the committed warm list
+(warmlist.py)."""
 
 from __future__ import annotations
 
@@ -8,25 +10,28 @@ from pathlib import Path
 
 import pytest
 
-from kiisrv.controller.warmtree import (
-    IGNORED_ENV,
-    RECORD_NAME,
+from kiisrv.controller.objects import (
     USAGE_NAME,
-    Record,
     changed_macros,
     debug_sections,
     defines,
-    differences,
-    differing_lines,
-    pick,
     preprocess_command,
     prune,
     read_usage,
     shrink_command,
     stale_objects,
-    trees_of,
     used_macros,
     write_usage,
+)
+from kiisrv.controller.warmtree import (
+    IGNORED_ENV,
+    RECORD_NAME,
+    Record,
+    canonical_maps,
+    differences,
+    differing_lines,
+    pick,
+    trees_of,
 )
 from kiisrv.tools import warmlist
 from tests.helpers import CONFORMANCE, NO_CONFORMANCE, REPO
@@ -363,3 +368,72 @@ def test_objects_are_shrunk_by_emptying_their_debug_sections_never_removing_one(
     pairs = list(zip(command[2:-1:2], command[3:-1:2], strict=True))
     assert pairs == [("--update-section", f"{n}=empty") for n in names]
     assert not any(a.startswith(("--strip", "--remove-section", "-R", "-g")) for a in command)
+
+
+# -- the request's maps, as a tree names them ----------------------------------------------
+
+# (DefaultMapOverride, PartialMapsExpandedOverride) -> (default, partial, renamed): what
+# env.sh's canonical_maps made of them when it was bash (run against it, 2026-12-07),
+# with A, B and C the request's own files.
+CANON_CASES = [
+    ("stdFuncMap A", "B;C", "stdFuncMap layer-0", "layer-1;layer-2", "ABC"),
+    ("stdFuncMap A", "", "stdFuncMap layer-0", "", "A"),
+    ("stdFuncMap A", ";", "stdFuncMap layer-0", ";", "A"),
+    ("stdFuncMap A", "stdFuncMap B;C", "stdFuncMap layer-0", "stdFuncMap layer-1;layer-2", "ABC"),
+    ("stdFuncMap A", "B;", "stdFuncMap layer-0", "layer-1", "AB"),
+    ("stdFuncMap A", ";B", "stdFuncMap layer-0", "layer-1", "AB"),
+    ("stdFuncMap A", "B;;C", "stdFuncMap layer-0", "layer-1;;layer-2", "ABC"),
+    ("stdFuncMap A", "B;A", "stdFuncMap layer-0", "layer-1;layer-0", "AB"),
+    ("A", "B C;A", "layer-0", "layer-1 layer-2;layer-0", "ABC"),
+    ("", "B", "", "layer-0", "B"),
+    (
+        "stdFuncMap X A",
+        "infinity_ergodox/lcdFuncMap B;C",
+        "stdFuncMap X layer-0",
+        "infinity_ergodox/lcdFuncMap layer-1;layer-2",
+        "ABC",
+    ),
+    ("stdFuncMap A", ";;", "stdFuncMap layer-0", ";", "A"),
+    ("stdFuncMap  A", "B  ;  C", "stdFuncMap layer-0", "layer-1;layer-2", "ABC"),
+]
+
+
+@pytest.mark.parametrize(
+    ("default", "partial", "canon_default", "canon_partial", "own"), CANON_CASES
+)
+def test_a_requests_own_maps_are_named_by_the_one_rule(
+    default: str, partial: str, canon_default: str, canon_partial: str, own: str
+) -> None:
+    canon = canonical_maps(default, partial, ["A", "B", "C"])
+    assert (canon.default, canon.partial) == (canon_default, canon_partial)
+    assert canon.renamed == {stem: f"layer-{n}" for n, stem in enumerate(own)}
+
+
+def test_env_sh_names_the_maps_by_warmtree_py(tmp_path: Path) -> None:
+    """The shell side (env.sh canonical_maps, in build.sh and warm.sh) runs the Python
+    rule and reads its answer back, quoting included: a stem with a quote."""
+    kll_dir = tmp_path / "kll"
+    kll_dir.mkdir()
+    for stem in ("KType-Mine-0", "Ada's-board-1", "KType-Mine-2"):
+        (kll_dir / f"{stem}.kll").write_text("")
+    env_sh = REPO / "docker" / "controller" / "env.sh"
+    script = (
+        f"source <(sed -n '/^canonical_maps() {{/,/^}}/p' {env_sh})\n"
+        f"WARMTREE={REPO / 'src' / 'kiisrv' / 'controller' / 'warmtree.py'}\n"
+        f'canonical_maps "{kll_dir}"\n'
+        'for k in "${!CANON[@]}"; do printf "%s=%s\\n" "$k" "${CANON[$k]}"; done | sort\n'
+        'printf "MAPS=%s\\n" "$MAPS"\n'
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DefaultMapOverride": "stdFuncMap KType-Mine-0",
+        "PartialMapsExpandedOverride": "Ada's-board-1;stdFuncMap KType-Mine-2",
+    }
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "Ada's-board-1=layer-1",
+        "KType-Mine-0=layer-0",
+        "KType-Mine-2=layer-2",
+        "MAPS=stdFuncMap layer-0|layer-1;stdFuncMap layer-2",
+    ]

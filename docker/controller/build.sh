@@ -14,7 +14,7 @@
 # tree's configure, the tree most like the request is copied and ninja alone runs: it
 # regenerates the KLL and recompiles what a changed generated header reaches (bin/kll
 # keeps unchanged ones' timestamps, and of the objects including a changed kll_defs.h
-# only those that used a changed macro: warmtree.py prune).
+# only those that used a changed macro: objects.py prune).
 # Otherwise the keyboard script runs as usual (from the nearest warm tree when there is
 # one, so that only CMake's configure is added). Either way the firmware is the same.
 set -uo pipefail
@@ -89,7 +89,7 @@ build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixe
 			for src in "${!CANON[@]}"; do
 				[[ "${CANON[$src]}" == layer-* ]] && cp -- "${KLL_DIR}/${src}.kll" "${mine}/${CANON[$src]}.kll"
 			done
-			IFS=$'\t' read -r how tree differs < <(python3 /usr/local/lib/kiisrv/warmtree.py \
+			IFS=$'\t' read -r how tree differs < <(python3 "$WARMTREE" \
 				pick "$probe" "${WARM_DIR}/${stem}" "$mine" 2>/dev/null || echo cold)
 			rm -rf "$mine"
 		fi
@@ -111,7 +111,7 @@ build_one() { # <script> <dir for its outputs>: one keyboard script, in its fixe
 	if [ "$how" = warm ]; then
 		[ -f "${dir}/.ninja_log" ] && logged="$(wc -l < "${dir}/.ninja_log")"
 		# The KLL step first, then the rest: bin/kll may remove objects a changed
-		# kll_defs.h reaches (warmtree.py prune), and ninja plans a build before it runs,
+		# kll_defs.h reaches (objects.py prune), and ninja plans a build before it runs,
 		# so objects removed during the run it started would be linked, not rebuilt.
 		(cd "$dir" && ninja kll_defs.h && ninja) 2>&1 | tee -a "${out}/script.log"
 		status="${PIPESTATUS[0]}"

@@ -8,6 +8,9 @@ CONTROLLER_DIR="${CONTROLLER_DIR:-/controller}"
 # and the debug info: a warm tree is only reusable at the path it was built at.
 BUILD_ROOT=/tmp/kiisrv-build
 WARM_DIR="${WARM_DIR:-/warm}"
+# kiisrv's rules in the image (src/kiisrv/controller/): which tree, and the objects.
+WARMTREE=/usr/local/lib/kiisrv/warmtree.py
+OBJECTS=/usr/local/lib/kiisrv/objects.py
 
 # The keyboard scripts want an active pipenv; activating the environment directly saves
 # `pipenv run` (0.3 s a build). The date wrapper comes first (see kiisrv-date).
@@ -43,42 +46,15 @@ link_kll_cache() {
 	done
 }
 
-# canonical_maps <kll dir>: the request's own maps are renamed layer-0, layer-1, ... in
-# the order DefaultMapOverride then PartialMapsExpandedOverride name them; other maps
-# (stdFuncMap, infinity_ergodox/lcdFuncMap) keep their names. Layer names are compiled
-# into the firmware, so requests only share a warm tree when they share these names.
-# Sets CANON (request stem -> layer-<n>), CANON_DEFAULT, CANON_PARTIAL and MAPS.
+# canonical_maps <kll dir>: the request's own maps renamed layer-0, layer-1, ... (layer
+# names are compiled into the firmware: a tree is only reusable by requests that use the
+# same names). The rule is warmtree.py's (canonical_maps, unit-tested), as the server's
+# warm list uses it. Sets CANON (request stem -> layer-<n>), CANON_DEFAULT,
+# CANON_PARTIAL and MAPS.
 canonical_maps() {
-	local dir="$1" word layer out
-	local -a layers=()
+	local out
+	out="$(python3 "$WARMTREE" canon "$1")" || return 1
 	declare -gA CANON=()
-	CANON_DEFAULT="" CANON_PARTIAL=""
-	for word in ${DefaultMapOverride:-}; do
-		_canon_word "$dir" "$word"
-		CANON_DEFAULT+="${CANON_DEFAULT:+ }${REPLY}"
-	done
-	IFS=';' read -r -a layers <<< "${PartialMapsExpandedOverride:-}"
-	for layer in "${layers[@]}"; do
-		out=""
-		for word in $layer; do
-			_canon_word "$dir" "$word"
-			out+="${out:+ }${REPLY}"
-		done
-		CANON_PARTIAL+="${CANON_PARTIAL:+;}${out}"
-	done
-	# ";" is how the server says "no partial maps at all": an empty override would make
-	# the keyboard script fall back to its own stock layers.
-	if [ -z "$CANON_PARTIAL" ] && [ -n "${PartialMapsExpandedOverride:-}" ]; then
-		CANON_PARTIAL=";"
-	fi
+	eval "$out"
 	MAPS="${CANON_DEFAULT}|${CANON_PARTIAL}"
-}
-
-_canon_word() {
-	if [ -f "$1/$2.kll" ]; then
-		[ -n "${CANON[$2]+x}" ] || CANON[$2]="layer-${#CANON[@]}"
-		REPLY="${CANON[$2]}"
-	else
-		REPLY="$2"
-	fi
 }

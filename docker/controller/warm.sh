@@ -14,14 +14,13 @@
 # The key is that of the configure the cmake wrapper recorded (bin/cmake, warmtree.py):
 # build.sh reuses a tree only for a request whose configure has the same key, and of
 # those, the one whose layers are most like the request's. Each tree also records the
-# macros each object's preprocessing used (warmtree.py usage: what a changed kll_defs.h
+# macros each object's preprocessing used (objects.py usage: what a changed kll_defs.h
 # reaches), and its objects lose their debug sections (8.3 MB of KType's 8.7: never
 # in the firmware, which is the loadable sections only; timestamps kept for ninja).
 # A configuration that does not build here is left cold, not fatal: its requests then
 # build from nothing, as before.
 set -euo pipefail
 list="$1" inputs="${2:-}"
-WARMTREE=/usr/local/lib/kiisrv/warmtree.py
 # The Dockerfile's build arguments are in the environment of RUN, and gone when a
 # request builds: a configure recorded with them would never have a request's key.
 unset TAG CONTROLLER_URL KEYBOARDS_EXTRA TOOLCHAIN_PACKAGES KLL_SPEC LAYOUTS_SOURCE LAYOUTS_REV
@@ -113,12 +112,12 @@ warm() {
 		exit 1
 	fi
 	if [ -f "${tree}/compile_commands.json" ]; then
-		python3 "$WARMTREE" usage "$tree" > /dev/null
+		python3 "$OBJECTS" usage "$tree" > /dev/null
 	fi
 	if [ -n "$objcopy" ] && [ -n "$readelf" ]; then
 		# Debug sections emptied, not stripped: stripping renumbers sections, and the
-		# link names its veneers by those numbers (warmtree.py, "Smaller objects").
-		python3 "$WARMTREE" shrink "$tree" "$objcopy" "$readelf" > /dev/null
+		# link names its veneers by those numbers (objects.py, "Smaller objects").
+		python3 "$OBJECTS" shrink "$tree" "$objcopy" "$readelf" > /dev/null
 	fi
 	mkdir -p "${WARM_DIR}/${stem}/${key}"
 	mv "$tree" "${WARM_DIR}/${stem}/${key}/${label}"

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiisrv.controller import warmtree
 from kiisrv.errors import KiisrvError
 from kiisrv.recipe import kll
 from kiisrv.recipe.layout import parse_layout
@@ -54,25 +55,10 @@ class WarmConfig:
 
 
 def canonical(params: kll.BuildParams, stems: list[str]) -> tuple[str, str]:
-    """The maps as build.sh names them inside the container (env.sh canonical_maps).
-
-    The request's own maps become ``layer-0``, ``layer-1``, ... in the order the two
-    overrides name them; the function maps keep their names.
-    """
-    names: dict[str, str] = {}
-
-    def rename(word: str) -> str:
-        if word not in stems:
-            return word
-        return names.setdefault(word, f"layer-{len(names)}")
-
-    default = " ".join(rename(w) for w in params.default_map.split())
-    partial = ";".join(
-        " ".join(rename(w) for w in layer.split()) for layer in params.partial_maps.split(";")
-    )
-    if not partial.strip(";") and params.partial_maps:
-        partial = kll.NO_PARTIAL_MAPS
-    return default, partial
+    """The maps as build.sh names them inside the container: the image's own rule
+    (controller/warmtree.py canonical_maps, which env.sh runs)."""
+    canon = warmtree.canonical_maps(params.default_map, params.partial_maps, stems)
+    return canon.default, canon.partial
 
 
 def _scripts(params: kll.BuildParams) -> list[str]:
