@@ -310,7 +310,7 @@ class Settings(BaseSettings):
         None,
         alias="KIISRV_STORE_URL",
         description="Distributed: PostgreSQL URL of the result store every API server and "
-        "worker shares (finished builds' zips, results.py); unset: `KIISRV_STATS_URL`'s "
+        "worker shares (finished builds' zips, cluster/results.py); unset: `KIISRV_STATS_URL`'s "
         "database. One of the two is needed with `KIISRV_QUEUE_URL`.",
     )
     stats_timeout: float = Field(

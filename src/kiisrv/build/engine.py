@@ -61,7 +61,7 @@ def _is_read_timeout(exc: BaseException) -> bool:
 
 def _create(c: DockerClient, spec: ContainerSpec) -> str:
     """The container of ``spec``, created (not started): every container kiisrv makes,
-    shaped as the socket proxy's create rule expects (``enginepolicy.check_create``)."""
+    shaped as the socket proxy's create rule expects (``proxy/create.py check_create``)."""
     host_config = c.api.create_host_config(
         mounts=[
             Mount(m.target, m.source, type=m.type, read_only=m.read_only)  # type: ignore[arg-type]

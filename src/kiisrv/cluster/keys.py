@@ -18,7 +18,7 @@ Keys (all in the Redis of ``KIISRV_QUEUE_URL``):
 - ``kiisrv:result:<hash>``: the notice of a finished build (its signature), kept
   ``KIISRV_RESULT_TTL`` seconds (a failure: ``KIISRV_FAILED_RESULT_TTL``);
   ``kiisrv:done:<hash>`` announces it (pub/sub). The zip itself is in the result store
-  (results.py), where every API server finds it, not in Redis.
+  (cluster/results.py), where every API server finds it, not in Redis.
 - ``kiisrv:log:<hash>``: a running build's output so far, refreshed by its worker every
   second while it runs (``/builds/<hash>/log`` on any API server).
 - arq's own ``arq:in-progress:<hash>`` is renewed by the worker every third of the lease
@@ -33,7 +33,7 @@ An API server keeps a copy of each zip it answered in its own builds folder, wit
 job row, so that a cache hit stays a file; what it has not got (a download the load
 balancer sent it, the state of a build another server queued) it reads from the store
 and Redis. Its Requests rows go to the PostgreSQL all API servers share when
-``KIISRV_STATS_URL`` is set (requests_store.py).
+``KIISRV_STATS_URL`` is set (store/requests.py).
 """
 
 from __future__ import annotations

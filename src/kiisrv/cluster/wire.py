@@ -10,7 +10,7 @@ shares (``KIISRV_QUEUE_KEY``), which Redis never holds:
   planted job would make a worker build and *sign* firmware of the attacker's choosing
   under the hash of someone else's layout;
 - a **result** (worker -> API servers): the job record and the zip, bound to the
-  build's hash, so that no one who can write Redis or the result store (results.py)
+  build's hash, so that no one who can write Redis or the result store (cluster/results.py)
   can replace a layout's firmware for everyone;
 - a running build's **log** (worker -> API servers), so that a planted one cannot tell
   a user to do anything;
@@ -271,7 +271,7 @@ class Wire:
 
     def open_result_digest(self, hash_: str, record: bytes, signature: Any, digest: bytes) -> Job:
         """A result's job, checked against the SHA-256 of its zip rather than the zip:
-        a build's state is read without fetching its firmware (results.py)."""
+        a build's state is read without fetching its firmware (cluster/results.py)."""
         self.sealer.check(signature, "result", hash_.encode(), record, digest)
         job = _parse(JobRecord, record).to_job()
         if job.hash != hash_ or not job.state.finished:

@@ -102,7 +102,7 @@ def parse_size(text: str) -> int:
 class Ceilings:
     """The most any container may ask of the host through the proxy. Defaults are what
     a build needs (containers.ContainerSpec); the operator raises them with the build
-    settings (socketproxy.policy)."""
+    settings (proxy.server.policy)."""
 
     memory: int = 2 * 1024**3  # also the swap: MemorySwap must equal Memory
     pids: int = 512

@@ -1,13 +1,13 @@
 """``kiisrv socket-proxy``: the only holder of the Docker socket in a deployment.
 
 The server and the workers reach the engine through it (``DOCKER_HOST=tcp://...``);
-it forwards to the engine's unix socket what ``enginepolicy`` allows and answers 403
+it forwards to the engine's unix socket what ``policy.py`` allows and answers 403
 to the rest, with a JSON ``message`` the Docker SDK shows. Written in Python so the
 rule lives beside the code that makes the calls, where unit tests reach it: no
 packaged proxy filters create bodies.
 
 What it checks is what it forwards: a per-container call goes to the full id its
-inspect answer gave (``enginepolicy.bound_container``), or to the full id of a
+inspect answer gave (``policy.bound_container``), or to the full id of a
 container this proxy itself created (remembered from the create's answer: no inspect
 needed, the create was checked), and a create body as re-serialised after the check. The
 engine's error answers reach the caller as their status and a fixed message: its text

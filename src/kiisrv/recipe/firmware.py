@@ -10,7 +10,7 @@ arguments. The KLL compiler package ships the function maps (``stdFuncMap``,
 
 The server needs neither the controller sources nor the ``kll`` package at run time:
 ``firmware.json`` beside this module is derived from them by ``python -m
-kiisrv.firmware`` (see ``main``), and a test re-derives it when the sources are at hand.
+kiisrv.recipe.firmware`` (see ``main``), and a test re-derives it when the sources are at hand.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def function_map_keys(map_name: str, tag: str | None = None) -> frozenset[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Re-derive firmware.json from a controller git repository and KLL packages."""
     parser = argparse.ArgumentParser(
-        prog="python -m kiisrv.firmware",
+        prog="python -m kiisrv.recipe.firmware",
         description="Derive firmware.json: capabilities per keyboard script and version "
         "from a kiibohd/controller git repository, function-map keys from the kll package "
         "each version's image installs (the folder holding layouts/stdFuncMap.kll).",

@@ -6,7 +6,7 @@ build path's); a batch the database refuses is kept and written by a later flush
 A row waits up to ``FLUSH_EVERY`` in memory, so each is first appended to a journal
 (``<data>/requests.journal``, one line, one ``write`` to the page cache): a server
 killed before its flush writes those rows when it starts again, each once (the
-database keeps the last journal number written per instance, requests_store.record).
+database keeps the last journal number written per instance, requests.record).
 ``/stats`` (web/stats.py) flushes first, so it always counts every request answered so
 far. The rows live where ``storage.requests`` keeps them: this server's SQLite, or the
 PostgreSQL all API servers share.

@@ -50,7 +50,7 @@ class RequestRecord:
     request_time: datetime
     build_duration: int | None
     # A cache hit is counted, not listed: the UTC day it was answered on, and how many
-    # such requests the row stands for (requests_store.record adds rows of one key up).
+    # such requests the row stands for (record adds rows of one key up).
     hit_day: str | None = None
     n: int = 1
 
@@ -211,7 +211,7 @@ def record(
     or, on a failure, the ones before the failing transaction: see ``stats.flush``).
 
     ``journal``: the writing server's journal id and each row's sequence number in it
-    (stats.py). Each transaction records the last number it wrote and skips the
+    (journal.py). Each transaction records the last number it wrote and skips the
     rows already written, so a journal replayed after a kill writes every row once."""
     for start in range(0, len(rows), WRITE_AT_MOST):
         chunk = rows[start : start + WRITE_AT_MOST]

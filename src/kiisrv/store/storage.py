@@ -38,7 +38,7 @@ from typing import Any, ParamSpec, TypeVar
 from kiisrv.errors import StorageError
 from kiisrv.jobs import Job, JobState
 from kiisrv.recipe.versions import Version
-from kiisrv.store import requests as requests_store
+from kiisrv.store import requests as requests_rows
 from kiisrv.store import rollups
 from kiisrv.store.db import SqliteDatabase, sqlite_connect, sqlite_errors
 from kiisrv.store.requests import (
@@ -222,22 +222,22 @@ class Storage:
         self, records: Sequence[RequestRecord], journal: tuple[str, Sequence[int]] | None = None
     ) -> None:
         """Many rows in few transactions (and their rollups): one commit for a batch;
-        ``journal``: each row once, whatever was written before (requests_store.record)."""
-        requests_store.record(self.requests, records, journal)
+        ``journal``: each row once, whatever was written before (requests_rows.record)."""
+        requests_rows.record(self.requests, records, journal)
 
     def pseudonymise(self, hide: Callable[[str], str], is_raw: Callable[[str], bool]) -> int:
         """Replaces raw client addresses (databases of older servers) by ``hide(address)``."""
-        return requests_store.pseudonymise(self.requests, hide, is_raw)
+        return requests_rows.pseudonymise(self.requests, hide, is_raw)
 
     def prune_requests(self, before: datetime) -> int:
         """Deletes the Requests rows of requests made before ``before``."""
-        return requests_store.prune(self.requests, before)
+        return requests_rows.prune(self.requests, before)
 
     # -- the pages (the readers' connections) ----------------------------------------
 
     def query_requests(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """A read of the Requests table wherever it is (SQL both SQLite and Postgres run)."""
-        return requests_store.query(self.requests_reader, sql, *args)
+        return requests_rows.query(self.requests_reader, sql, *args)
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """A read of the SQLite ``stats.db`` (Builds), on the pages' connection."""
