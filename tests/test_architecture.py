@@ -24,7 +24,7 @@ PACKAGE = SRC / "kiisrv"
 # above. A unit is a subpackage or a top-level module.
 LAYERS: list[set[str]] = [
     {"errors", "jobs", "privacy", "controller"},  # controller: the image's, stdlib only
-    {"clients"},
+    {"clients", "signing"},
     {"settings"},
     {"recipe"},
     {"store"},

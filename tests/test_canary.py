@@ -20,7 +20,7 @@ from kiisrv.recipe.layouts import LayoutStore
 from kiisrv.recipe.planner import Planner
 from kiisrv.recipe.versions import Available, Version
 from kiisrv.settings import Settings
-from kiisrv.tools import canary
+from kiisrv.tools import canary, verify
 from tests.helpers import ktype, mdergo1, request
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +37,7 @@ def make_zip(path: Path, members: dict[str, bytes]) -> Path:
 
 def test_the_cold_plan_is_the_same_build_under_its_own_name(settings: Settings) -> None:
     plan = Planner(LayoutStore(settings.layouts_dir)).plan(request(mdergo1()), TARGET)
-    cold = canary.from_nothing(plan)
+    cold = verify.from_nothing(plan)
     # Its own hash and zip: it can neither replace the served zip nor be answered by it.
     assert cold.job.hash != plan.job.hash and cold.job.stem != plan.job.stem
     assert {cold.job.zip_name, f"{cold.job.stem}_error.zip"}.isdisjoint(

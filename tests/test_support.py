@@ -62,7 +62,7 @@ def test_features_v050_lacks_are_refused_only_where_used() -> None:
 
 
 def test_the_canary_shows_the_line_that_says_what_broke() -> None:
-    from kiisrv.tools.canary import first_error_line
+    from kiisrv.recipe.diagnose import first_error_line
 
     log = (
         "CMake Warning (dev):\n  missing BYPRODUCTS\nProject authors should add the missing\n"

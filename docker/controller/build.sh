@@ -59,6 +59,10 @@ inputs=("${KLL_DIR}"/*.kll)
 [ "${#inputs[@]}" -gt 0 ] || { say "no input files in ${KLL_DIR}"; exit 66; }
 canonical_maps "$KLL_DIR"
 say " @@@@@ Maps=${MAPS}"
+# What the manifest names of the image (src/kiisrv/recipe/manifest.py): its compiler and
+# its KLL compiler, as recorded when the image was built.
+say " @@@@@ Toolchain=$(arm-none-eabi-gcc -dumpversion 2>/dev/null || echo none)"
+say " @@@@@ KLL=$(tr -c 'A-Za-z0-9._\n-' _ < "${WARM_DIR}/kll-probes/version" 2>/dev/null | head -n1 || echo unknown)"
 
 now_ms() { date +%s%3N; }
 

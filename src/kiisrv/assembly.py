@@ -19,6 +19,7 @@ from kiisrv.build.queue import BuildQueue, LocalQueue
 from kiisrv.build.ratelimit import Limiter, RateLimiter
 from kiisrv.build.runner import Runner
 from kiisrv.settings import Settings
+from kiisrv.signing import Signer
 from kiisrv.store.results import FolderResults, Results
 from kiisrv.store.storage import Storage
 
@@ -56,7 +57,8 @@ def server(settings: Settings) -> Server:
         settings.stats_db, settings.config_db, settings.stats_url, settings.stats_timeout
     )
     docker = engine(settings)
-    runner = Runner(settings, storage, docker)
+    signer = Signer.from_file(settings.signing_key_path)
+    runner = Runner(settings, storage, docker, signer)
     if settings.queue_url:  # builds run on `kiisrv worker`s: docs/distributed.md
         from kiisrv.cluster.catalog import WorkerCatalog
         from kiisrv.cluster.keys import connect
@@ -102,7 +104,7 @@ def worker(settings: Settings) -> WorkerParts:
         storage,
         docker,
         Catalog(settings, storage, docker, ttl=0.0),
-        Runner(settings, storage, docker),
+        Runner(settings, storage, docker, Signer.from_file(settings.signing_key_path)),
         FolderResults(settings, storage, max_age=WORKER_FOLDER_AGE),
         connect(settings.queue_url),
         result_store(settings),

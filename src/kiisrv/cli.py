@@ -150,6 +150,24 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     return oneshot.run(settings, Path(args.layout), args.env, Path(args.output), Console())
 
 
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from kiisrv.tools import verify
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    verdict = verify.run(
+        settings,
+        Path(args.zip),
+        key_file=Path(args.key) if args.key else None,
+        server_url=args.server,
+        image=args.image,
+        progress=progress,
+    )
+    print(verdict.text)
+    return verdict.status
+
+
 def _canary(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import tempfile
@@ -294,6 +312,17 @@ def parser() -> argparse.ArgumentParser:
     one.add_argument("--env", default="latest", help="version to build with (default: latest)")
     one.add_argument("-o", "--output", default=".", help="folder for the zip (default: here)")
     one.set_defaults(func=_build)
+
+    ver = sub.add_parser(
+        "verify",
+        help="check a zip: its signature, its files, and its firmware built again from nothing",
+    )
+    ver.add_argument("zip", help="a zip kiisrv built")
+    whose = ver.add_mutually_exclusive_group()
+    whose.add_argument("--key", help="the public key file (GET /signing-key of its server)")
+    whose.add_argument("--server", help="the server that built it: its /signing-key now")
+    ver.add_argument("--image", help="build in this image, not the one the manifest names")
+    ver.set_defaults(func=_verify)
 
     can = sub.add_parser(
         "canary", help="build every layout against every version; write the compatibility report"

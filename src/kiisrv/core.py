@@ -250,6 +250,14 @@ class Kiisrv:
             await self.artifact(job.zip_name)  # a copy here, if the cluster has it
         return await self.runner.read_log(job)
 
+    async def manifest(self, hash_: str) -> tuple[bytes, bytes]:
+        """A successful build's ``manifest.json`` and ``manifest.sig``, from its zip."""
+        job = await self.status(hash_)
+        if job is None or job.state is not JobState.SUCCEEDED:
+            raise NotFound(f"no firmware of build {hash_!r}")
+        await self.artifact(job.zip_name)  # a copy here, if the cluster has it
+        return await self.runner.read_manifest(job)
+
     async def artifact(self, name: str) -> Path:
         """The file of ``GET /tmp/<name>``: this server's copy, or one the results make
         (a cluster's store: a load balancer sends downloads to any API server). It is

@@ -249,6 +249,14 @@ class Settings(BaseSettings):
         "Unset: `<data>/client-key`.",
     )
 
+    signing_key_file: Path | None = Field(
+        None,
+        alias="KIISRV_SIGNING_KEY_FILE",
+        description="The Ed25519 key every zip's manifest is signed with (`kiisrv verify`): "
+        "made on first start if missing; a cluster's API servers and workers need the same. "
+        "Unset: `<data>/signing-key`.",
+    )
+
     proxy_body_timeout: float = Field(
         30.0,
         alias="KIISRV_PROXY_BODY_TIMEOUT",
@@ -436,6 +444,11 @@ class Settings(BaseSettings):
     def client_key_path(self) -> Path:
         """Where the client key is kept (privacy.py)."""
         return self.client_key_file or self.data_dir / "client-key"
+
+    @property
+    def signing_key_path(self) -> Path:
+        """Where the signing key is kept (signing.py)."""
+        return self.signing_key_file or self.data_dir / "signing-key"
 
     @property
     def stats_db(self) -> Path:

@@ -32,9 +32,10 @@ from kiisrv.build.containers import IO_DIR, OUT_DIR, WORK_SUBDIR, build_containe
 from kiisrv.build.engine import Engine
 from kiisrv.errors import EngineNotFound, EngineTimeout, KiisrvError, NotFound
 from kiisrv.jobs import Job, JobState
-from kiisrv.recipe import diagnose
+from kiisrv.recipe import diagnose, manifest
 from kiisrv.recipe.planner import Plan
 from kiisrv.settings import Settings
+from kiisrv.signing import Signer
 from kiisrv.store.artifacts import log_tail, publish, write_zip
 from kiisrv.store.storage import Storage, now
 
@@ -44,10 +45,14 @@ RESTART_REASON = "the server restarted before this build finished; send the requ
 
 
 class Runner:
-    def __init__(self, settings: Settings, storage: Storage, engine: Engine) -> None:
+    def __init__(
+        self, settings: Settings, storage: Storage, engine: Engine, signer: Signer | None = None
+    ) -> None:
         self.settings = settings
         self.storage = storage
         self.engine = engine
+        # Signs each successful zip's manifest (recipe/manifest.py); None: no manifest.
+        self.signer = signer
 
     @property
     def work_dir(self) -> Path:
@@ -163,6 +168,19 @@ class Runner:
             job.duration_ms = int((job.finished_at - job.started_at).total_seconds() * 1000)
         await self.storage.run(self.storage.save_job, job)
 
+    async def read_manifest(self, job: Job) -> tuple[bytes, bytes]:
+        """``manifest.json`` and ``manifest.sig`` of a finished build's zip."""
+        path = self.settings.builds_dir / job.zip_name
+
+        def read() -> tuple[bytes, bytes]:
+            with zipfile.ZipFile(path) as z:
+                return z.read(manifest.NAME), z.read(manifest.SIGNATURE)
+
+        try:
+            return await anyio.to_thread.run_sync(read)
+        except (OSError, KeyError, zipfile.BadZipFile):
+            raise NotFound(f"build {job.hash} has no manifest") from None
+
     async def read_log(self, job: Job) -> bytes:
         """``log/build.log`` out of a finished build's zip."""
         path = self.settings.builds_dir / job.zip_name
@@ -230,6 +248,8 @@ class Runner:
         made_error = work / f"{job.stem}_error.zip"
         try:
             if job.error is None and made.is_file():
+                if self.signer is not None:
+                    add_manifest(made, plan, self.signer)
                 publish(made, self.settings.builds_dir / f"{job.stem}.zip")
                 job.state = JobState.SUCCEEDED
             else:
@@ -309,6 +329,30 @@ class Phases:
 
     def __str__(self) -> str:
         return ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in self._parts)
+
+
+# Zip members kiisrv adds carry this date, not the clock's: two servers' zips of one
+# build differ only where the build log and the signature do.
+_FIXED_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def add_manifest(zip_path: Path, plan: Plan, signer: Signer) -> None:
+    """Adds ``manifest.json`` and its signature to the zip the container made (blocking).
+
+    A zip that already holds one (a container that wrote its own) is left without:
+    the manifest is the server's word, never the build's."""
+    with zipfile.ZipFile(zip_path) as z:
+        names = set(z.namelist())
+        if manifest.NAME in names or manifest.SIGNATURE in names:
+            raise OSError("the build's zip already holds a manifest")
+        firmware = {n: z.read(n) for n in manifest.FIRMWARE_FILES if n in names}
+        log_text = z.read("log/build.log") if "log/build.log" in names else b""
+    built = manifest.build(plan, firmware, build_log=log_text.decode("utf-8", "replace"))
+    text = manifest.encode(built)
+    signature = json.dumps(signer.sign(text), sort_keys=True, indent=1).encode() + b"\n"
+    with zipfile.ZipFile(zip_path, "a", zipfile.ZIP_DEFLATED) as z:
+        for name, data in ((manifest.NAME, text), (manifest.SIGNATURE, signature)):
+            z.writestr(zipfile.ZipInfo(name, _FIXED_DATE), data, zipfile.ZIP_DEFLATED)
 
 
 def _error_members(plan: Plan, output: bytes) -> dict[str, bytes]:

@@ -152,3 +152,30 @@ def explain(log: str, files: Sequence[KllFile], custom: Mapping[int, str]) -> st
         prefix = f"{where.describe()}: " if where else ""
         return f"{prefix}animation '{animation['name']}' is not defined in this layout"
     return None
+
+
+# Lines that say a build went wrong without saying why, or that are noise (CMake's
+# developer warnings name "missing" things on every build).
+_GENERIC = re.compile(
+    r"Build Completed \[ERROR|Error in (build|cmake)\. Exiting|ninja: build stopped|"
+    r"^FAILED: |the build failed \(exit status|^make(\[\d+\])?: \*\*\*|Build Result:|"
+    r"BYPRODUCTS|CMake Warning|Project authors|-Wno-dev",
+)
+# The first line that matches wins, strongest first: a compiler's or the KLL compiler's
+# own error line, a Python exception, then anything that sounds like a failure.
+_ERRORS = (
+    re.compile(r"\berror\b\s*:|^ERROR:"),
+    re.compile(r"^[A-Za-z_.]*(Error|Exception): "),
+    re.compile(r"error|invalid|undeclared|not found|missing", re.IGNORECASE),
+)
+
+
+def first_error_line(text: str) -> str:
+    """The line of a log most worth showing: the first that names an error."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not _GENERIC.search(ln)]
+    for pattern in _ERRORS:
+        for line in useful:
+            if pattern.search(line):
+                return line[:300]
+    return lines[-1][:300] if lines else ""

@@ -45,6 +45,7 @@ class Plan:
     board: str
     variant: str
     base_file: BaseFile | None = None  # a memo of this plan is good while it is unchanged
+    base_digest: str = ""  # the base layout's content (base_digest): in the manifest
     # Whose turn this build takes (fairness.py): a pseudonym of the rate-limit identity
     # of the client that asked first; None (no client: the canary, `kiisrv build`) waits
     # for no turn. Not part of the hash.
@@ -124,7 +125,8 @@ class Planner:
         support.check_keys(layout, base, target.version)
         board = kll.board_name(layout)
         variant = kll.file_part(layout.header.Layout)
-        hash_ = request_hash(target, body["config"], params, base_digest(base))
+        digest = base_digest(base)
+        hash_ = request_hash(target, body["config"], params, digest)
         job = Job(
             hash=hash_,
             stem=zip_stem(layout.header.Name, layout.header.Layout, hash_),
@@ -145,6 +147,7 @@ class Planner:
             board=board,
             variant=variant,
             base_file=base_file,
+            base_digest=digest,
         )
 
     def _inputs(

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import re
-import shutil
 import time
 import zipfile
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -28,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from kiisrv import __version__
 from kiisrv.errors import ClientError, KiisrvError, NotFound
-from kiisrv.jobs import Job, JobState
-from kiisrv.recipe import kll
+from kiisrv.recipe.diagnose import first_error_line
 from kiisrv.recipe.planner import Plan
 from kiisrv.store.artifacts import artifact_path
+from kiisrv.tools import verify
+from kiisrv.tools.verify import Reference
 
 if TYPE_CHECKING:
     from kiisrv.core import Kiisrv
@@ -43,21 +42,6 @@ REPORT_NAME = "compat.json"
 # ``kiibohd.secure.dfu.bin`` and its halves, or a name a new image adds, cannot slip by.
 FIRMWARE_FILES = ("kiibohd.dfu.bin", "left_kiibohd.dfu.bin", "right_kiibohd.dfu.bin")
 FIRMWARE_SUFFIX = ".dfu.bin"
-
-# Lines that say a build went wrong without saying why, or that are noise (CMake's
-# developer warnings name "missing" things on every build).
-_GENERIC = re.compile(
-    r"Build Completed \[ERROR|Error in (build|cmake)\. Exiting|ninja: build stopped|"
-    r"^FAILED: |the build failed \(exit status|^make(\[\d+\])?: \*\*\*|Build Result:|"
-    r"BYPRODUCTS|CMake Warning|Project authors|-Wno-dev",
-)
-# The first line that matches wins, strongest first: a compiler's or the KLL compiler's
-# own error line, a Python exception, then anything that sounds like a failure.
-_ERRORS = (
-    re.compile(r"\berror\b\s*:|^ERROR:"),
-    re.compile(r"^[A-Za-z_.]*(Error|Exception): "),
-    re.compile(r"error|invalid|undeclared|not found|missing", re.IGNORECASE),
-)
 
 
 @dataclass(frozen=True)
@@ -157,17 +141,6 @@ def _cell(r: CaseResult | None) -> str:
     return f"**{r.outcome}** {r.status}: {text}"
 
 
-def first_error_line(text: str) -> str:
-    """The line of a log most worth showing: the first that names an error."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not _GENERIC.search(ln)]
-    for pattern in _ERRORS:
-        for line in useful:
-            if pattern.search(line):
-                return line[:300]
-    return lines[-1][:300] if lines else ""
-
-
 def layout_files(folder: Path) -> list[Path]:
     """The layouts a user can pick: every JSON file but aliases and LTS base files."""
     aliases: set[str] = set()
@@ -237,36 +210,7 @@ class Answer:
 Submit = Callable[[dict[str, Any]], Awaitable[Answer]]
 
 
-@dataclass(frozen=True)
-class Reference:
-    """What a build from nothing made: its firmware, or why it made none."""
-
-    firmware: dict[str, bytes]
-    error: str | None = None
-
-
 Verify = Callable[[dict[str, Any]], Awaitable[Reference]]
-
-
-class _FromNothing(kll.BuildParams):
-    """The plan's own parameters, but no warm tree: it exists to be fast, and the
-    firmware must not depend on it (BUILD_CONTRACT.md). No build uses ccache."""
-
-    def environment(self) -> dict[str, str]:
-        return {**super().environment(), "KIISRV_WARM": "0"}
-
-
-def from_nothing(plan: Plan) -> Plan:
-    """The same plan (image, .kll files, environment) under a hash and zip name of its
-    own, so that it can neither replace the zip served for the request nor be answered
-    by it, built from nothing."""
-    job = plan.job
-    hash_ = f"cold-{job.hash}"
-    return dataclasses.replace(
-        plan,
-        job=Job(hash=hash_, stem=f"{job.stem}-cold", version=job.version, container=job.container),
-        params=_FromNothing(**dataclasses.asdict(plan.params)),
-    )
 
 
 class Verifier:
@@ -286,33 +230,14 @@ class Verifier:
         plan = await self.server.plan(body)
         made = self._made.get(plan.job.hash)
         if made is None:
-            made = self._made[plan.job.hash] = await self._build(from_nothing(plan))
+            made = self._made[plan.job.hash] = await self._build(plan)
         return made
 
     async def _build(self, plan: Plan) -> Reference:
-        runner, job = self.server.runner, plan.job
-        self._clean(plan)  # whatever a run before left cannot be taken for this build
-        output = b""
-        try:
-            try:
-                output = await runner.execute(plan, self._slots, lambda cid: None)
-            except KiisrvError as exc:
-                job.error = exc.message
-            finally:
-                await runner.finish(plan, output)
-            made = self.server.settings.builds_dir / job.zip_name
-            if job.state is JobState.SUCCEEDED:
-                return Reference(firmware(made))
-            log = build_log(self.server.settings.builds_dir, job.zip_name) or (job.error or "")
-            return Reference({}, f"the build from nothing failed: {first_error_line(log)}")
-        finally:
-            self._clean(plan)
-
-    def _clean(self, plan: Plan) -> None:
-        s, stem = self.server.settings, plan.job.stem
-        for name in (f"{stem}.zip", f"{stem}_error.zip"):
-            (s.builds_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(s.config_dir / plan.job.hash, ignore_errors=True)
+        made = await verify.rebuild(self.server, plan, self._slots)
+        if made.error is None:
+            return made
+        return Reference({}, f"the build from nothing failed: {first_error_line(made.error)}")
 
 
 async def run(

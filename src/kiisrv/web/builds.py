@@ -184,6 +184,15 @@ def router(server: Kiisrv, settings: Settings, measures: metrics.Metrics) -> API
         text = await server.log(hash_)
         return PlainTextResponse(text.decode("utf-8", "replace"))
 
+    @routes.get("/builds/{hash_}/manifest")
+    async def build_manifest(hash_: str) -> dict[str, Any]:
+        """What went into a build's firmware, and this deployment's signature over it
+        (as ``manifest.json`` and ``manifest.sig`` in its zip; ``kiisrv verify``)."""
+        if not _HASH_RE.match(hash_):
+            raise NotFound(f"no build {hash_!r}")
+        text, signature = await server.manifest(hash_)
+        return {"manifest": json.loads(text), "signature": json.loads(signature)}
+
     # The reference server took a build POST on any path; other methods get a 404 there.
     async def anything_else(request: Request) -> Response:
         if request.method == "POST":

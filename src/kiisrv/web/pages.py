@@ -17,16 +17,29 @@ from kiisrv.tools import canary
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {"chart.umd.min.js": "text/javascript", "status.js": "text/javascript"}
+SIGNING_KEY_HEADER = "Kiisrv-Signing-Key"
 
 
 def router(server: Kiisrv, settings: Settings) -> APIRouter:
     routes = APIRouter()
 
     @routes.get("/versions")
-    async def versions() -> dict[str, Any]:
-        """Versions whose controller image is present, with their release details."""
+    async def versions(response: Response) -> dict[str, Any]:
+        """Versions whose controller image is present, with their release details. The
+        key the zips' manifests are signed with rides along as a header: the body is the
+        Configurator's (version name -> release), and a key there would read as a version."""
         available = await server.catalog.available()
+        if server.runner.signer is not None:
+            response.headers[SIGNING_KEY_HEADER] = server.runner.signer.public_json()["key"]
         return {name: a.info.as_json() if a.info else None for name, a in available.items()}
+
+    @routes.get("/signing-key")
+    async def signing_key() -> dict[str, str]:
+        """The public key this deployment signs every zip's manifest with (Ed25519,
+        base64): what ``kiisrv verify --server`` checks a zip against."""
+        if server.runner.signer is None:
+            raise NotFound("this server signs nothing")
+        return server.runner.signer.public_json()
 
     @routes.get("/layouts/{name}")
     async def layout(name: str, rev: str | None = None) -> Response:
