@@ -103,7 +103,12 @@ def store_url(postgres: PostgresServer) -> str:
 
 
 @pytest.fixture
-def queue_env(redis: RedisServer, store_url: str) -> dict[str, str]:
-    """What makes ``kiisrv serve`` and ``kiisrv worker`` one cluster: its Redis queue and
-    its result store (the queue key is in every test environment, tests/helpers.py)."""
-    return {"KIISRV_QUEUE_URL": redis.url, "KIISRV_STORE_URL": store_url}
+def queue_env(redis: RedisServer, store_url: str, tmp_path: Path) -> dict[str, str]:
+    """What makes ``kiisrv serve`` and ``kiisrv worker`` one cluster: its Redis queue, its
+    result store and its signing key (the queue key is in every test environment,
+    tests/helpers.py)."""
+    return {
+        "KIISRV_QUEUE_URL": redis.url,
+        "KIISRV_STORE_URL": store_url,
+        "KIISRV_SIGNING_KEY_FILE": str(tmp_path / "cluster-signing-key"),
+    }

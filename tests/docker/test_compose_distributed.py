@@ -49,7 +49,10 @@ import pytest
 from docker import DockerClient
 from docker.models.containers import Container
 
+from kiisrv import signing
 from kiisrv.settings import Settings
+from kiisrv.tools import verify
+from kiisrv.web.pages import SIGNING_KEY_HEADER
 from tests.helpers import (
     REPO,
     TEST_IMAGE_PREFIX,
@@ -229,6 +232,10 @@ async def sequence(run: Run, http: httpx.AsyncClient, body: dict[str, Any]) -> N
     assert "kiibohd.dfu.bin" in zipfile.ZipFile(io.BytesIO(z.content)).namelist()
     v = await retried(run, "VERSIONS", lambda: http.get("/versions"), deadline)
     assert v.status_code == 200, f"GET /versions {v.status_code}: {v.text}"
+    # Signed by whichever worker built it, with the key the API servers publish (the
+    # compose file gives the workers the API servers' signing-key).
+    key = signing.public_key(v.headers[SIGNING_KEY_HEADER])
+    assert verify.check(verify.read_zip_bytes(z.content), key)[0] is None
 
 
 def body_of(i: int, tag: str) -> dict[str, Any]:

@@ -26,8 +26,10 @@ import pytest
 from docker import DockerClient
 from redis.asyncio import Redis
 
+from kiisrv import signing
 from kiisrv.build.containers import LABEL_INSTANCE
 from kiisrv.settings import Settings
+from kiisrv.tools import verify
 from tests.helpers import (
     DOCKER_HOST_2,
     TEST_CONTAINERS,
@@ -228,6 +230,11 @@ def test_builds_spread_over_two_engines_and_identical_ones_run_once(
             assert zips[0] == zips[1]
             versions = [(await c.get("/versions")).json() for c in clients]
             assert versions[0] == versions[1] and "lts" in versions[0]
+            # Signed by the worker that built it, with the key every server publishes.
+            keys = {(await c.get("/signing-key")).json()["key"] for c in clients}
+            assert len(keys) == 1
+            members = verify.read_zip_bytes(zips[0])
+            assert verify.check(members, signing.public_key(keys.pop()))[0] is None
             return first, second, zips[0]
         finally:
             for c in clients:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import json
 import shutil
 import zipfile
@@ -86,7 +87,11 @@ def firmware_of(members: Mapping[str, bytes]) -> dict[str, bytes]:
 
 def read_zip(path: Path) -> dict[str, bytes]:
     """The zip's files by name; a member past MAX_ZIP_MEMBER is refused whole."""
-    with zipfile.ZipFile(path) as z:
+    return read_zip_bytes(path.read_bytes())
+
+
+def read_zip_bytes(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
         for info in z.infolist():
             if info.file_size > MAX_ZIP_MEMBER:
                 raise zipfile.BadZipFile(f"{info.filename} is larger than {MAX_ZIP_MEMBER}")
