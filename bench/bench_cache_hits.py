@@ -1,13 +1,17 @@
 """Cache hits per second against the same-stack floor, side by side, with ``hey``.
 
     .venv/bin/python bench/bench_cache_hits.py [--seconds 6] [--concurrency 64] [--rounds 2]
+        [--before-src OTHER_CHECKOUT/src]
 
 Starts ``kiisrv serve`` (fresh data folder, the reference layouts, the test double
 controller image) and builds the 46 KB KType-Standard request once, so every request
 after that is a real cache hit on a built zip. Then, alternating, ``hey`` POSTs the
 same body to kiisrv and to ``floor_app.py`` (FastAPI + uvicorn, a handler that only
-parses the body). Needs ``hey`` (apt-get install hey), a Docker daemon and the test
-image (``make test`` builds it; its name prefix is KIISRV_TEST_IMAGE_PREFIX).
+parses the body). With ``--before-src``, a second ``kiisrv serve`` runs that checkout's
+code (``git worktree add``) on the same image and takes its turn in every round, so a
+restructuring is compared with what it replaced in one run. Needs ``hey`` (apt-get
+install hey), a Docker daemon and the test image (``make test`` builds it; its name
+prefix is KIISRV_TEST_IMAGE_PREFIX).
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--before-src", type=Path, default=None)
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="kiisrv-bench-"))
@@ -82,7 +87,7 @@ def main() -> int:
     config = json.loads((layouts / "KType-Standard.json").read_bytes())
     body = tmp / "body.json"
     body.write_text(json.dumps({"config": config, "env": "latest"}))
-    kport, fport = free_port(), free_port()
+    kport, fport, bport = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "KIISRV_HOST": "127.0.0.1",
@@ -93,40 +98,62 @@ def main() -> int:
         "KIISRV_RATE_LIMIT": "0",  # one client sends every request
         "KIISRV_INSTANCE": "kiisrvbench-cache",
     }
-    kiisrv = start(
-        [sys.executable, "-m", "kiisrv", "serve"],
-        env,
-        tmp / "kiisrv.log",
-        f"http://127.0.0.1:{kport}/healthz",
-    )
-    floor = None
-    try:
-        first = httpx.post(f"http://127.0.0.1:{kport}/", content=body.read_bytes(), timeout=300)
-        assert first.status_code == 200, first.text
-        print(f"built once: {first.json()['filename']} ({body.stat().st_size} bytes of request)")
-        floor_app = REPO / "bench" / "floor_app.py"
-        floor = start(
-            [sys.executable, str(floor_app), str(fport)],
+    servers = {"kiisrv": kport}
+    procs = [
+        start(
+            [sys.executable, "-m", "kiisrv", "serve"],
             env,
-            tmp / "floor.log",
-            f"http://127.0.0.1:{fport}/docs",
+            tmp / "kiisrv.log",
+            f"http://127.0.0.1:{kport}/healthz",
         )
-        rows = []
+    ]
+    try:
+        if args.before_src:
+            servers = {"before": bport, "kiisrv": kport}
+            before_env = {
+                **env,
+                "KIISRV_PORT": str(bport),
+                "KIISRV_DATA_DIR": str(tmp / "data-before"),
+                "KIISRV_INSTANCE": "kiisrvbench-cache-before",
+                "PYTHONPATH": str(args.before_src),
+            }
+            procs.append(
+                start(
+                    [sys.executable, "-m", "kiisrv", "serve"],
+                    before_env,
+                    tmp / "before.log",
+                    f"http://127.0.0.1:{bport}/healthz",
+                )
+            )
+        for name, port in servers.items():
+            first = httpx.post(f"http://127.0.0.1:{port}/", content=body.read_bytes(), timeout=300)
+            assert first.status_code == 200, first.text
+            print(f"{name} built once: {first.json()['filename']} ({body.stat().st_size} bytes)")
+        floor_app = REPO / "bench" / "floor_app.py"
+        procs.append(
+            start(
+                [sys.executable, str(floor_app), str(fport)],
+                env,
+                tmp / "floor.log",
+                f"http://127.0.0.1:{fport}/docs",
+            )
+        )
         for _ in range(args.rounds):
             f = hey(f"http://127.0.0.1:{fport}/", body, args.seconds, args.concurrency)
-            k = hey(f"http://127.0.0.1:{kport}/", body, args.seconds, args.concurrency)
-            rows.append((f, k))
-            print(
-                f"floor {f[0]:.0f} req/s (median {f[1]:.1f} ms) | kiisrv cache hit "
-                f"{k[0]:.0f} req/s (median {k[1]:.1f} ms) | ratio {k[0] / f[0]:.2f}"
-            )
+            cells = [f"floor {f[0]:.0f} req/s (median {f[1]:.1f} ms)"]
+            for name, port in servers.items():
+                k = hey(f"http://127.0.0.1:{port}/", body, args.seconds, args.concurrency)
+                cells.append(
+                    f"{name} cache hit {k[0]:.0f} req/s (median {k[1]:.1f} ms, "
+                    f"ratio {k[0] / f[0]:.2f})"
+                )
+            print(" | ".join(cells), flush=True)
         stats = httpx.get(f"http://127.0.0.1:{kport}/stats", timeout=60).text
         print(stats.splitlines()[0])
     finally:
-        for proc in (kiisrv, floor):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
