@@ -96,6 +96,8 @@ def main() -> int:
         "KIISRV_LAYOUTS_DIR": str(layouts),
         "KIISRV_IMAGE_PREFIX": IMAGE_PREFIX,
         "KIISRV_RATE_LIMIT": "0",  # one client sends every request
+        # ... as many users would: no per-client connection cap (#23)
+        "KIISRV_MAX_CLIENT_CONNECTIONS": "100000",
         "KIISRV_INSTANCE": "kiisrvbench-cache",
     }
     servers = {"kiisrv": kport}
