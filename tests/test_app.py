@@ -147,6 +147,25 @@ async def test_symlinks_out_of_the_folders_are_not_followed(
         assert r.status_code == 200 and r.content == b"PK"
 
 
+async def test_a_zip_pruned_while_it_is_being_served_is_a_404(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Retention may remove a zip between the lookup of ``GET /tmp/<name>`` and its
+    read (the pruner runs on its own thread): the client is told it is gone (404), not
+    a 500."""
+    (settings.builds_dir / "Gone.zip").write_bytes(b"PK")
+    server = client.app.state.kiisrv  # type: ignore[attr-defined]
+    looked_up = server.artifact
+
+    async def then_pruned(name: str) -> Path:
+        path: Path = await looked_up(name)
+        path.unlink()
+        return path
+
+    server.artifact = then_pruned
+    assert_error(await client.get("/tmp/Gone.zip"), 404)
+
+
 async def test_layout_revisions_from_a_git_checkout(tmp_path: Path, settings: Settings) -> None:
     repo = tmp_path / "repo"
     layouts = repo / "layouts"

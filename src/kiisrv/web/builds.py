@@ -94,8 +94,12 @@ SMALL_FILE = 4 * 1024 * 1024
 
 
 def _small_file(path: Path) -> bytes | None:
-    with path.open("rb") as fh:
-        data = fh.read(SMALL_FILE + 1)
+    # The pruner (its own thread) may have removed the zip since it was looked up.
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(SMALL_FILE + 1)
+    except FileNotFoundError:
+        raise NotFound(f"no build artifact named {path.name!r}") from None
     return data if len(data) <= SMALL_FILE else None
 
 
